@@ -1,0 +1,75 @@
+"""Array-namespace helpers: the same layer code runs on NumPy and CuPy arrays.
+
+A layer takes its namespace from its inputs (``xp = namespace(x)``) and never converts to NumPy.
+CuPy is imported only when a CuPy array is actually seen, so ``import rawflow`` works on machines
+without CuPy or a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any  # numpy.ndarray or cupy.ndarray: they share no protocol type worth naming
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".", 1)[0] == "cupy"
+
+
+def namespace(*arrays: Any):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    for a in arrays:
+        if _is_cupy(a):
+            import cupy
+
+            return cupy
+    return np
+
+
+def to_numpy(a: Array) -> np.ndarray:
+    """Copy to host. For tests, reports and file I/O only, never inside a layer."""
+    if _is_cupy(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def solve_triangular(a: Array, b: Array, *, lower: bool, unit_diagonal: bool = False, trans: int = 0):
+    """``solve_triangular`` from SciPy (NumPy arrays) or ``cupyx.scipy.linalg`` (CuPy arrays)."""
+    if _is_cupy(a):
+        from cupyx.scipy.linalg import solve_triangular as st
+    else:
+        from scipy.linalg import solve_triangular as st
+    return st(a, b, lower=lower, unit_diagonal=unit_diagonal, trans=trans, check_finite=False)
+
+
+def logabsdet(w: Array) -> Array:
+    """``log|det w|`` that stays analytic for complex-step perturbations of a real matrix.
+
+    For real ``w`` this is ``slogdet(w)[1]``. For ``w = w0 + i·h·v`` (complex step) the analytic
+    continuation of ``log|det w0|`` is ``log|det w| + i·angle(det w · sign(Re det w))``, which carries
+    the first-order term ``h·tr(w0⁻¹ v)`` in its imaginary part.
+    """
+    xp = namespace(w)
+    sign, lad = xp.linalg.slogdet(w)
+    if xp.iscomplexobj(w):
+        return lad + 1j * xp.angle(sign * xp.sign(sign.real))
+    return lad
+
+
+def softplus(u: Array) -> Array:
+    """``log(1 + exp(u))`` without overflow, analytic (complex-step safe) on each branch."""
+    xp = namespace(u)
+    pos = u.real > 0
+    # exp of a non-positive real part never overflows; both branches are the same analytic function.
+    e = xp.exp(xp.where(pos, -u, u))
+    return xp.where(pos, u, 0) + xp.log1p(e)
+
+
+def sigmoid(u: Array) -> Array:
+    """``1 / (1 + exp(-u))`` without overflow, analytic on each branch."""
+    xp = namespace(u)
+    pos = u.real > 0
+    e = xp.exp(xp.where(pos, -u, u))
+    return xp.where(pos, 1 / (1 + e), e / (1 + e))

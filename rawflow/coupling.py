@@ -1,0 +1,189 @@
+"""Coupling layers (NICE, RealNVP, Glow): ``x = [x_a, x_b]``, ``x_a`` copied, ``x_b`` transformed.
+
+Forward (data → latent), with ``h = NN(x_a)`` from a conditioner network:
+
+* additive (NICE):   ``y_b = x_b + t``,            ``t = h``,               ``log|det| = 0``
+* affine (RealNVP):  ``y_b = x_b ⊙ s + t``,        ``h = [h_s, t]``,        ``log|det| = Σ log s``
+  with ``log s = scale_map(h_s)`` (``exp``, ``bounded``, ``sigmoid``; see :mod:`rawflow.scales`).
+
+The inverse, ``x_b = (y_b − t) / s``, evaluates the same network on ``y_a = x_a`` and never
+inverts it. ``h_s`` is the first half of the network's output channels and ``t`` the second.
+
+Gradients (forward VJP, cotangents ``gy`` and ``gℓ`` for the log-det, ``ℓ = Σ log s``)::
+
+    gx_b = gy_b ⊙ s
+    gt   = gy_b
+    gh_s = (gy_b ⊙ x_b ⊙ s + gℓ) ⊙ d(log s)/dh_s
+    gx_a = gy_a + NNᵀ[gh_s, gt]
+
+and for the inverse (``x_b = (y_b − t)/s``, ``ℓ_inv = −Σ log s``)::
+
+    gy_b = gx_b / s
+    gt   = −gy_b
+    gh_s = (−gx_b ⊙ x_b − gℓ) ⊙ d(log s)/dh_s
+    gy_a = gx_a + NNᵀ[gh_s, gt]
+
+The elementwise part lives in :class:`AffineTransform` / :class:`AdditiveTransform`, shared by
+vector and image couplings; :class:`Coupling` adds the partition and the conditioner. The axis that
+carries features/channels is axis 1; the log-det sums over every non-batch axis.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ._array import Array, namespace
+from .bijector import Bijector
+from .nets import MLP
+from .partition import Partition
+from .scales import ScaleMap, scale_map
+
+
+def _row_sum(a: Array) -> Array:
+    return a.sum(axis=tuple(range(1, a.ndim)))
+
+
+def _per_row(g: Array, like: Array) -> Array:
+    return g.reshape((g.shape[0],) + (1,) * (like.ndim - 1))
+
+
+class AdditiveTransform:
+    """``y_b = x_b + t`` with ``t = h``; the log-det is identically zero."""
+
+    multiplier = 1
+
+    def forward(self, xb, h):
+        return xb + h, namespace(xb).zeros(xb.shape[0], dtype=xb.dtype), None
+
+    def inverse(self, yb, h):
+        return yb - h, namespace(yb).zeros(yb.shape[0], dtype=yb.dtype), None
+
+    def backward(self, tcache, gyb, glogdet):
+        return gyb, gyb
+
+    def inverse_backward(self, tcache, gxb, glogdet):
+        return gxb, -gxb
+
+
+class AffineTransform:
+    """``y_b = x_b ⊙ exp(log s) + t`` with ``[h_s, t] = h`` split along axis 1."""
+
+    multiplier = 2
+
+    def __init__(self, scale: str | ScaleMap = "exp"):
+        self.scale = scale_map(scale)
+
+    def _params(self, h):
+        c = h.shape[1] // 2
+        log_s, dlog_s = self.scale(h[:, :c])
+        return log_s, dlog_s, namespace(h).exp(log_s), h[:, c:]
+
+    def forward(self, xb, h):
+        log_s, dlog_s, s, t = self._params(h)
+        yb = xb * s + t
+        return yb, _row_sum(log_s), (xb, s, dlog_s)
+
+    def inverse(self, yb, h):
+        log_s, dlog_s, s, t = self._params(h)
+        xb = (yb - t) / s
+        # -(Σ log s) is the exact negation of the forward's sum: the two log-dets cancel exactly.
+        return xb, -_row_sum(log_s), (xb, s, dlog_s)
+
+    def backward(self, tcache, gyb, glogdet):
+        xb, s, dlog_s = tcache
+        gys = gyb * s
+        gh_s = (gys * xb + _per_row(glogdet, xb)) * dlog_s
+        return gys, namespace(xb).concatenate([gh_s, gyb], axis=1)
+
+    def inverse_backward(self, tcache, gxb, glogdet):
+        xb, s, dlog_s = tcache
+        gyb = gxb / s
+        gh_s = (-(gxb * xb) - _per_row(glogdet, xb)) * dlog_s
+        return gyb, namespace(xb).concatenate([gh_s, -gyb], axis=1)
+
+
+class Coupling(Bijector):
+    """A coupling layer on ``(N, D)`` data: partition + conditioner + elementwise transform.
+
+    ``params = {"net": conditioner params}``. The default conditioner is an :class:`~rawflow.nets.MLP`
+    from ``|a|`` to ``multiplier·|b|`` features with a zero-initialised last layer, so the layer
+    starts as the identity.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        transform,
+        *,
+        partition: Partition | None = None,
+        flip: bool = False,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        conditioner=None,
+    ):
+        if partition is None:
+            partition = Partition.half(features, flip=flip)
+        elif flip:
+            partition = partition.flipped()
+        if partition.features != features:
+            raise ValueError(
+                f"{type(self).__name__}: partition covers {partition.features} features, layer has {features}"
+            )
+        self.event_shape = (int(features),)
+        self.partition = partition
+        self.transform = transform
+        out = transform.multiplier * partition.size_b
+        if conditioner is None:
+            conditioner = MLP(partition.size_a, out, hidden=hidden, activation=activation)
+        elif (conditioner.in_features, conditioner.out_features) != (partition.size_a, out):
+            raise ValueError(
+                f"{type(self).__name__}: conditioner maps {conditioner.in_features} → "
+                f"{conditioner.out_features} features, the partition needs {partition.size_a} → {out}"
+            )
+        self.net = conditioner
+
+    def _init(self, rng: np.random.Generator, x: Array) -> dict:
+        xa, _ = self.partition.split(x)
+        return {"net": self.net.init(rng, xa)}
+
+    def _forward(self, params, x):
+        xa, xb = self.partition.split(x)
+        h, net_cache = self.net.apply(params["net"], xa)
+        yb, logdet, tcache = self.transform.forward(xb, h)
+        return self.partition.merge(xa, yb), logdet, (net_cache, tcache)
+
+    def _inverse(self, params, z):
+        ya, yb = self.partition.split(z)
+        h, net_cache = self.net.apply(params["net"], ya)
+        xb, logdet, tcache = self.transform.inverse(yb, h)
+        return self.partition.merge(ya, xb), logdet, (net_cache, tcache)
+
+    def _backward(self, params, cache, gz, glogdet):
+        net_cache, tcache = cache
+        gya, gyb = self.partition.split(gz)
+        gxb, gh = self.transform.backward(tcache, gyb, glogdet)
+        gxa, gnet = self.net.backward(params["net"], net_cache, gh)
+        return self.partition.merge(gya + gxa, gxb), {"net": gnet}
+
+    def _inverse_backward(self, params, cache, gx, glogdet):
+        net_cache, tcache = cache
+        gxa, gxb = self.partition.split(gx)
+        gyb, gh = self.transform.inverse_backward(tcache, gxb, glogdet)
+        gya, gnet = self.net.backward(params["net"], net_cache, gh)
+        return self.partition.merge(gxa + gya, gyb), {"net": gnet}
+
+
+class AdditiveCoupling(Coupling):
+    """NICE's additive coupling ``y_b = x_b + NN(x_a)``, volume preserving."""
+
+    def __init__(self, features: int, **kwargs):
+        super().__init__(features, AdditiveTransform(), **kwargs)
+
+
+class AffineCoupling(Coupling):
+    """RealNVP / Glow affine coupling ``y_b = x_b ⊙ s(x_a) + t(x_a)``, ``log|det| = Σ log s``."""
+
+    def __init__(self, features: int, *, scale: str | ScaleMap = "exp", **kwargs):
+        super().__init__(features, AffineTransform(scale), **kwargs)
