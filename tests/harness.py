@@ -2,7 +2,7 @@
 
 Oracles here are central finite differences in float64 (``h = eps^(1/3)·max(1, |v|)``), whose error
 ``O(h²·f''' + eps·|f|/h) ≈ 1e-10`` relative sits far below the 1e-7 (gradients) and 1e-8 (log-det)
-bars of the core issue.
+bars of the core issue; gradients are also checked by complex step (exact to round-off).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def rel_err(actual, expected) -> float:
 
 def _fd_scalar_grad(fn, value: np.ndarray) -> np.ndarray:
     """Central-difference gradient of the scalar ``fn(value)`` with respect to each element."""
+    assert value.flags.c_contiguous, "perturbations go through a flat view"
     grad = np.zeros_like(value)
     flat, gflat = value.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
@@ -46,6 +47,44 @@ def _fd_scalar_grad(fn, value: np.ndarray) -> np.ndarray:
     return grad
 
 
+def _fd_grad_with_noise(fn, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of ``fn() -> (L, S)`` w.r.t. each element of ``value``, with their noise.
+
+    ``S`` is the sum of the magnitudes of the terms summed into ``L``. Each evaluation of ``L`` is
+    off by at most a few ``eps·S`` (every term carries its own rounding), so the difference quotient
+    carries rounding noise up to ``4·eps·S/h`` on top of the ``O(h²)`` truncation. That noise, not the
+    layer, dominates when a gradient entry is tiny compared with ``S/h``.
+    """
+    assert value.flags.c_contiguous, "perturbations go through a flat view"
+    grad = np.zeros_like(value)
+    noise = np.zeros_like(value)
+    flat, gflat, nflat = value.reshape(-1), grad.reshape(-1), noise.reshape(-1)
+    for i in range(flat.size):
+        v0 = flat[i]
+        h = FD_STEP * max(1.0, abs(v0))
+        flat[i] = v0 + h
+        up, s_up = fn()
+        flat[i] = v0 - h
+        down, s_down = fn()
+        flat[i] = v0
+        gflat[i] = (up - down) / (2 * h)
+        nflat[i] = 4 * EPS64 * max(s_up, s_down) / h
+    return grad, noise
+
+
+def _cs_scalar_grad(fn, value: np.ndarray) -> np.ndarray:
+    """Complex-step gradient ``Im L(v + i·h·e_j) / h`` (h = 1e-30): no subtraction, no cancellation."""
+    assert value.flags.c_contiguous, "perturbations go through a flat view"
+    grad = np.zeros(value.shape)
+    flat, gflat = value.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        v0 = flat[i]
+        flat[i] = v0 + 1e-30j
+        gflat[i] = fn().imag / 1e-30
+        flat[i] = v0
+    return grad
+
+
 def directional_objective(layer, params, x, g, glogdet, direction: str):
     """``L = Σ g·out + Σ glogdet·logdet`` through ``forward`` or ``inverse``."""
     run = layer.forward if direction == "forward" else layer.inverse
@@ -53,10 +92,35 @@ def directional_objective(layer, params, x, g, glogdet, direction: str):
     return float(np.sum(g * out) + np.sum(glogdet * logdet))
 
 
-def check_gradients(layer, params, x, rng, direction: str, rtol: float = 1e-7) -> dict:
-    """Hand-written VJP (input, every parameter, log-det cotangent) vs central differences.
+def _objective_terms(layer, params, x, g, glogdet, direction: str):
+    """``L`` as above (complex when the inputs are), and for real inputs also ``S = Σ|terms|``."""
+    run = layer.forward if direction == "forward" else layer.inverse
+    out, logdet, _ = run(params, x)
+    terms_out, terms_ld = g * out, glogdet * logdet
+    value = np.sum(terms_out) + np.sum(terms_ld)
+    if np.iscomplexobj(value):
+        return value
+    return float(value), float(np.sum(np.abs(terms_out)) + np.sum(np.abs(terms_ld)))
 
-    Returns ``{quantity: relative error}``; asserts each is ≤ ``rtol``.
+
+def _fd_error(actual, fd, noise, rtol) -> float:
+    """Worst ``|actual − fd|`` in units of the allowance ``rtol·‖fd‖∞ + noise`` (pass ≤ 1)."""
+    allowance = rtol * np.max(np.abs(fd), initial=0.0) + noise
+    diff = np.abs(np.asarray(actual) - fd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / allowance)
+    return float(np.max(ratio, initial=0.0))
+
+
+def check_gradients(layer, params, x, rng, direction: str, rtol: float = 1e-7, cs_rtol: float = 1e-13) -> dict:
+    """Hand-written VJP (input, every parameter, log-det cotangent) against two oracles.
+
+    * central differences: ``|g − g_fd| ≤ rtol·‖g_fd‖∞ + noise`` (noise derived in
+      :func:`_fd_grad_with_noise`);
+    * complex step, which has no cancellation: ``‖g − g_cs‖∞ ≤ cs_rtol·‖g_cs‖∞`` (layers are
+      written complex-safe; comparisons on ``.real`` make ReLU piecewise analytic).
+
+    Returns ``{quantity: (fd error in allowance units, complex-step relative error)}``.
     """
     run = layer.forward if direction == "forward" else layer.inverse
     vjp = layer.backward if direction == "forward" else layer.inverse_backward
@@ -65,28 +129,34 @@ def check_gradients(layer, params, x, rng, direction: str, rtol: float = 1e-7) -
     glogdet = rng.normal(size=logdet.shape)
     gx, gparams = vjp(params, cache, g, glogdet)
     assert tree.structure(gparams) == tree.structure(params), f"{layer.name}: gparams structure"
-
-    x = x.copy()
-    params = tree.map(lambda a: a.copy(), params)
-
-    def objective():
-        return directional_objective(layer, params, x, g, glogdet, direction)
-
-    errors = {"input": rel_err(gx, _fd_scalar_grad(objective, x))}
-    for path, leaf in tree.leaves(params):
-        errors[path] = rel_err(tree.get(gparams, path), _fd_scalar_grad(objective, leaf))
     # The log-det cotangent on its own: a pure log-det objective, so a dropped glogdet term shows.
     g0 = np.zeros_like(g)
     gx_ld, gp_ld = vjp(params, cache, g0, glogdet)
 
-    def ld_objective():
-        return directional_objective(layer, params, x, g0, glogdet, direction)
+    errors = {}
+    for label, cot, grads_x, grads_p in (("", g, gx, gparams), ("logdet->", g0, gx_ld, gp_ld)):
+        for dtype in (np.float64, np.complex128):
+            # C-contiguous copies: the oracles perturb elements through a flat view.
+            xv = np.array(x, dtype=dtype, order="C")
+            pv = tree.map(lambda a: np.array(a, dtype=dtype, order="C"), params)
 
-    errors["logdet->input"] = rel_err(gx_ld, _fd_scalar_grad(ld_objective, x))
-    for path, leaf in tree.leaves(params):
-        errors[f"logdet->{path}"] = rel_err(tree.get(gp_ld, path), _fd_scalar_grad(ld_objective, leaf))
-    bad = {k: v for k, v in errors.items() if not v <= rtol}
-    assert not bad, f"{layer.name} {direction}: gradient errors above {rtol}: {bad}"
+            def objective():
+                return _objective_terms(layer, pv, xv, cot, glogdet, direction)
+
+            targets = [("input", xv, grads_x)]
+            targets += [(p, leaf, tree.get(grads_p, p)) for p, leaf in tree.leaves(pv)]
+            for name, value, actual in targets:
+                key = label + name
+                if dtype is np.float64:
+                    fd, noise = _fd_grad_with_noise(objective, value)
+                    errors[key] = (_fd_error(actual, fd, noise, rtol),)
+                else:
+                    errors[key] += (rel_err(actual, _cs_scalar_grad(objective, value)),)
+    bad = {k: v for k, v in errors.items() if not (v[0] <= 1 and v[1] <= cs_rtol)}
+    assert not bad, (
+        f"{layer.name} {direction}: gradient errors (finite differences in allowance units ≤ 1, "
+        f"complex step relative ≤ {cs_rtol}): {bad}"
+    )
     return errors
 
 
