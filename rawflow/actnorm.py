@@ -39,11 +39,23 @@ from ._channel import ChannelBijector, channel_view, constant_logdet, positions,
 
 
 class ActNorm(ChannelBijector):
-    """``z = (x + bias) ⊙ exp(log_scale)`` along axis 1, initialised to whiten the first batch."""
+    """``z = (x + bias) ⊙ exp(log_scale)`` along axis 1, initialised to whiten the first batch.
+
+    ``data_init=False`` starts from the identity (zeros) instead: as the last layer of a flow under a
+    standard normal prior that is a learned diagonal Gaussian prior, ``N(−bias, exp(−2·log_scale))``
+    (Glow's ``learn_top``, reparametrised).
+    """
+
+    def __init__(self, features: int, spatial: int = 0, *, data_init: bool = True):
+        super().__init__(features, spatial)
+        self.data_init = bool(data_init)
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         """``{"bias": −mean, "log_scale": −log(std + guard)}`` per channel of ``x``; ``rng`` is unused."""
         xp = namespace(x)
+        if not self.data_init:
+            zeros = xp.zeros(self.features, dtype=x.dtype)
+            return {"bias": zeros, "log_scale": zeros.copy()}
         count = x.shape[0] * positions(x)
         if count < 2:
             raise self._error(

@@ -57,3 +57,147 @@ def nice(
         for i in range(int(n_couplings))
     ]
     return Chain([*layers, DiagonalScaling(int(features))], reconstruct=reconstruct)
+
+
+# ---------------------------------------------------------------------------- images (N, C, H, W)
+def _mixer(kind: str, channels: int, seed: int):
+    """Glow's channel mixing between couplings."""
+    from .linear import DenseLinear, LULinear
+    from .permutation import Permutation, Reverse
+
+    if kind == "lu":
+        return LULinear(channels, spatial=2, seed=seed)
+    if kind == "dense":
+        return DenseLinear(channels, spatial=2, seed=seed)
+    if kind == "reverse":
+        return Reverse(channels, spatial=2)
+    if kind == "shuffle":
+        return Permutation(channels, seed=seed, spatial=2)
+    raise ValueError(f"glow: permutation must be 'lu', 'dense', 'reverse' or 'shuffle', got {kind!r}")
+
+
+def _image_shape(name: str, image_shape, levels: int):
+    try:
+        c, h, w = (int(d) for d in image_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: image_shape must be (C, H, W), got {image_shape!r}")
+    if min(c, h, w) < 1 or h % 2**levels or w % 2**levels:
+        raise ValueError(f"{name}: H and W must be divisible by 2^{levels} for {levels} squeezes, got {(c, h, w)}")
+    return c, h, w
+
+
+def glow(
+    K: int,
+    L: int,
+    width: int,
+    image_shape=(1, 8, 8),
+    *,
+    coupling: str = "affine",
+    permutation: str = "lu",
+    scale: str = "sigmoid",
+    learn_top: bool = True,
+    reconstruct: bool = False,
+    seed: int = 0,
+):
+    """Glow (Kingma & Dhariwal, 2018): ``L`` levels of squeeze → ``K`` × [ActNorm → 1×1 mixing →
+    coupling] → split, returning a :class:`~rawflow.multiscale.MultiScale` onto a flat latent.
+
+    ``coupling``: ``"affine"`` (scale map ``scale``, Glow's code uses ``sigmoid(h + 2)``) or
+    ``"additive"``; conditioners are Glow's conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU →
+    zero conv3×3 of ``width`` channels. ``permutation``: ``"lu"`` | ``"dense"`` | ``"reverse"`` |
+    ``"shuffle"``. Each split scores the factored half under a Gaussian from the kept half (Glow's
+    split prior); ``learn_top`` ends the last level with a zero-initialised ActNorm, i.e. a learned
+    diagonal Gaussian top prior under a standard normal ``prior``. Use with ``StandardNormal((C·H·W,))``.
+    """
+    from .actnorm import ActNorm
+    from .image_coupling import ChannelCoupling
+    from .multiscale import MultiScale
+    from .split import Split
+    from .squeeze import Squeeze
+
+    for label, v in (("K", K), ("L", L), ("width", width)):
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"glow: {label} must be a positive integer, got {v!r}")
+    if coupling not in ("affine", "additive"):
+        raise ValueError(f"glow: coupling must be 'affine' or 'additive', got {coupling!r}")
+    c, h, w = _image_shape("glow", image_shape, L)
+    levels, keep = [], []
+    for level in range(int(L)):
+        layers = [Squeeze(c)]
+        c *= 4
+        for k in range(int(K)):
+            layers += [
+                ActNorm(c, spatial=2),
+                _mixer(permutation, c, seed=seed + 1000 * level + k),
+                ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow"),
+            ]
+        if level < L - 1:
+            layers.append(Split(c))
+            keep.append(c // 2)
+            c //= 2
+        elif learn_top:
+            layers.append(ActNorm(c, spatial=2, data_init=False))
+        levels.append(Chain(layers, reconstruct=reconstruct))
+    return MultiScale(levels, keep, (int(image_shape[0]), h, w), reconstruct=reconstruct)
+
+
+def realnvp_multiscale(
+    L: int,
+    width: int,
+    image_shape=(1, 8, 8),
+    *,
+    blocks: int = 2,
+    scale: str = "exp",
+    reconstruct: bool = False,
+):
+    """RealNVP's multi-scale architecture (Dinh et al., 2017): per level 3 checkerboard couplings
+    (alternating parity) → squeeze → 3 channel couplings (alternating halves) → factor out half;
+    the last level is 4 checkerboard couplings. Conditioners: residual CNNs of ``width`` channels.
+    The factored half is scored by Glow's split prior (a zero-initialised, hence initially standard
+    normal, Gaussian conditioned on the kept half)."""
+    from .image_coupling import ChannelCoupling, CheckerboardCoupling
+    from .multiscale import MultiScale
+    from .split import Split
+    from .squeeze import Squeeze
+
+    if isinstance(L, bool) or int(L) != L or L < 1:
+        raise ValueError(f"realnvp_multiscale: L must be a positive integer, got {L!r}")
+    c, h, w = _image_shape("realnvp_multiscale", image_shape, L - 1)
+
+    def checker(ch, i):
+        return CheckerboardCoupling(ch, "affine", scale=scale, flip=bool(i % 2), width=int(width),
+                                    conditioner=_resnet(ch, 2 * ch, width, blocks))
+
+    levels, keep = [], []
+    for level in range(int(L)):
+        if level == L - 1:
+            levels.append(Chain([checker(c, i) for i in range(4)], reconstruct=reconstruct))
+            break
+        layers = [checker(c, i) for i in range(3)] + [Squeeze(c)]
+        c *= 4
+        half = c // 2
+        layers += [
+            ChannelCoupling(c, "affine", scale=scale, flip=bool(i % 2), width=int(width),
+                            conditioner=_resnet(c - half if i % 2 else half, 2 * (half if i % 2 else c - half), width, blocks))
+            for i in range(3)
+        ]
+        layers.append(Split(c))
+        keep.append(c // 2)
+        c //= 2
+        levels.append(Chain(layers, reconstruct=reconstruct))
+    return MultiScale(levels, keep, (int(image_shape[0]), h, w), reconstruct=reconstruct)
+
+
+def _resnet(c_in, c_out, width, blocks):
+    from .cnn import ResNetCNN
+
+    return ResNetCNN(c_in, c_out, int(width), int(blocks))
+
+
+def nice_images(image_shape, n_couplings: int = 4, hidden: Sequence[int] = (64, 64), *, reconstruct: bool = False):
+    """NICE on flattened images: ``Flatten`` then :func:`nice` on ``C·H·W`` features."""
+    from .squeeze import Flatten
+
+    flat = Flatten(image_shape)
+    inner = nice(flat.size, n_couplings, hidden, reconstruct=reconstruct)
+    return Chain([flat, *inner.layers], reconstruct=reconstruct)

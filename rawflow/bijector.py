@@ -49,6 +49,17 @@ class Bijector(ABC):
         """Shape of one sample at the output; the same as the input unless a layer reshapes."""
         return self.event_shape
 
+    def output_shape(self, shape: tuple) -> tuple:
+        """Concrete event shape of the output for an input of concrete event shape ``shape``.
+
+        The default keeps the input's size wherever ``out_event_shape`` says ``None``; layers that
+        reshape (squeeze, flatten) override it.
+        """
+        out = self.out_event_shape
+        if len(out) != len(shape):
+            raise self._error(f"cannot map an event of shape {tuple(shape)} (expected {len(out)} axes)")
+        return tuple(int(s) if o is None else int(o) for o, s in zip(out, shape))
+
     # ------------------------------------------------------------------ public, validated
     def init(self, rng: np.random.Generator, x: Array) -> dict:
         """Parameters for this layer, in ``x``'s dtype and array namespace.

@@ -48,6 +48,11 @@ class Chain(Bijector):
     def out_event_shape(self) -> tuple:
         return self.layers[-1].out_event_shape
 
+    def output_shape(self, shape: tuple) -> tuple:
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
     def __len__(self) -> int:
         return len(self.layers)
 

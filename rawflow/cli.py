@@ -69,7 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=run_demo)
+
+    # Commands with their own argument parsers: listed here for --help, dispatched in main().
+    for name, text in DELEGATED_HELP.items():
+        commands.add_parser(name, help=text, add_help=False)
     return parser
+
+
+DELEGATED_HELP = {
+    "check": "check built-in layers (or a family/case) against complex-step and difference oracles",
+    "vectors": "export or verify golden vectors: 'rawflow vectors export|verify DIR'",
+    "verify": "compare rawflow with a PyTorch peer (nflows, normflows, zuko, FrEIA) in float64",
+}
+
+
+def _delegated(name: str):
+    if name == "check":
+        from .check import run_check_cli
+
+        return run_check_cli
+    if name == "vectors":
+        from .check import run_vectors_cli
+
+        return run_vectors_cli
+    if name == "verify":
+        from .interop import run_verify_cli
+
+        return run_verify_cli
+    return None
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -165,6 +192,9 @@ def _plot(model, params, test_x, rng, path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED_HELP:
+        return _delegated(argv[0])(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

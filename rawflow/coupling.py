@@ -26,6 +26,10 @@ and for the inverse (``x_b = (y_b − t)/s``, ``ℓ_inv = −Σ log s``)::
 The elementwise part lives in :class:`AffineTransform` / :class:`AdditiveTransform`, shared by
 vector and image couplings; :class:`Coupling` adds the partition and the conditioner. The axis that
 carries features/channels is axis 1; the log-det sums over every non-batch axis.
+
+``backend=`` on the transforms (and the coupling classes) selects who computes this elementwise
+part: ``"reference"`` (default; the code below, the oracle), ``"numba"`` / ``"cuda"`` (fused
+kernels, :mod:`rawflow.kernels`) or ``"auto"``; see :mod:`rawflow.kernels.dispatch`.
 """
 
 from __future__ import annotations
@@ -49,15 +53,44 @@ def _per_row(g: Array, like: Array) -> Array:
     return g.reshape((g.shape[0],) + (1,) * (like.ndim - 1))
 
 
+def _kernels(owner, x, scale=None, additive=False):
+    """The kernel module serving ``x`` under ``owner.backend``, or ``None`` for the code below.
+
+    :mod:`rawflow.kernels` (and Numba) is imported only when a kernel backend is asked for.
+    """
+    if owner.backend == "reference":
+        return None
+    from .kernels.dispatch import select
+
+    return select(type(owner).__name__, owner.backend, scale, x, additive=additive)
+
+
+def _check_backend(owner, backend: str) -> str:
+    if backend not in ("reference", "numba", "cuda", "auto"):
+        raise ValueError(
+            f"{type(owner).__name__}: backend must be one of reference, numba, cuda, auto; got {backend!r}"
+        )
+    return backend
+
+
 class AdditiveTransform:
     """``y_b = x_b + t`` with ``t = h``; the log-det is identically zero."""
 
     multiplier = 1
 
+    def __init__(self, *, backend: str = "reference"):
+        self.backend = _check_backend(self, backend)
+
     def forward(self, xb, h):
+        k = _kernels(self, xb, additive=True)
+        if k is not None:
+            return (*k.additive_forward(xb, h), None)
         return xb + h, namespace(xb).zeros(xb.shape[0], dtype=xb.dtype), None
 
     def inverse(self, yb, h):
+        k = _kernels(self, yb, additive=True)
+        if k is not None:
+            return (*k.additive_inverse(yb, h), None)
         return yb - h, namespace(yb).zeros(yb.shape[0], dtype=yb.dtype), None
 
     def backward(self, tcache, gyb, glogdet):
@@ -72,8 +105,9 @@ class AffineTransform:
 
     multiplier = 2
 
-    def __init__(self, scale: str | ScaleMap = "exp"):
+    def __init__(self, scale: str | ScaleMap = "exp", *, backend: str = "reference"):
         self.scale = scale_map(scale)
+        self.backend = _check_backend(self, backend)
 
     def _params(self, h):
         c = h.shape[1] // 2
@@ -81,23 +115,35 @@ class AffineTransform:
         return log_s, dlog_s, namespace(h).exp(log_s), h[:, c:]
 
     def forward(self, xb, h):
+        k = _kernels(self, xb, self.scale)
+        if k is not None:
+            yb, logdet = k.affine_forward(xb, h, self.scale)
+            return yb, logdet, k.KernelCache(xb, h, k)
         log_s, dlog_s, s, t = self._params(h)
         yb = xb * s + t
         return yb, _row_sum(log_s), (xb, s, dlog_s)
 
     def inverse(self, yb, h):
+        k = _kernels(self, yb, self.scale)
+        if k is not None:
+            xb, logdet = k.affine_inverse(yb, h, self.scale)
+            return xb, logdet, k.KernelCache(xb, h, k)
         log_s, dlog_s, s, t = self._params(h)
         xb = (yb - t) / s
         # -(Σ log s) is the exact negation of the forward's sum: the two log-dets cancel exactly.
         return xb, -_row_sum(log_s), (xb, s, dlog_s)
 
     def backward(self, tcache, gyb, glogdet):
+        if hasattr(tcache, "kernels"):  # a kernel backend's cache (xb, h, kernels)
+            return tcache.kernels.affine_backward(tcache.xb, tcache.h, gyb, glogdet, self.scale)
         xb, s, dlog_s = tcache
         gys = gyb * s
         gh_s = (gys * xb + _per_row(glogdet, xb)) * dlog_s
         return gys, namespace(xb).concatenate([gh_s, gyb], axis=1)
 
     def inverse_backward(self, tcache, gxb, glogdet):
+        if hasattr(tcache, "kernels"):
+            return tcache.kernels.affine_inverse_backward(tcache.xb, tcache.h, gxb, glogdet, self.scale)
         xb, s, dlog_s = tcache
         gyb = gxb / s
         gh_s = (-(gxb * xb) - _per_row(glogdet, xb)) * dlog_s
@@ -178,12 +224,12 @@ class Coupling(Bijector):
 class AdditiveCoupling(Coupling):
     """NICE's additive coupling ``y_b = x_b + NN(x_a)``, volume preserving."""
 
-    def __init__(self, features: int, **kwargs):
-        super().__init__(features, AdditiveTransform(), **kwargs)
+    def __init__(self, features: int, *, backend: str = "reference", **kwargs):
+        super().__init__(features, AdditiveTransform(backend=backend), **kwargs)
 
 
 class AffineCoupling(Coupling):
     """RealNVP / Glow affine coupling ``y_b = x_b ⊙ s(x_a) + t(x_a)``, ``log|det| = Σ log s``."""
 
-    def __init__(self, features: int, *, scale: str | ScaleMap = "exp", **kwargs):
-        super().__init__(features, AffineTransform(scale), **kwargs)
+    def __init__(self, features: int, *, scale: str | ScaleMap = "exp", backend: str = "reference", **kwargs):
+        super().__init__(features, AffineTransform(scale, backend=backend), **kwargs)

@@ -101,3 +101,23 @@ class FlowModel:
             like = next((a for _, a in _tree.leaves(params)), None)
         z = self.prior.sample(params["prior"], rng, n, temperature, like=like, shape=shape)
         return self.decode(params, z)
+
+    def interpolate(self, params: dict, x0: Array, x1: Array, steps: int = 8) -> Array:
+        """Decode the straight line between ``z0 = f(x0)`` and ``z1 = f(x1)`` in latent space.
+
+        ``x0, x1: (M, *event)`` (pairs row by row); returns ``(steps, M, *event)`` with
+        ``out[k] = f⁻¹((1 − t_k)·z0 + t_k·z1)``, ``t_k = k/(steps − 1)``: the lecture note's
+        translation between two sets of images. The end points reproduce ``x0`` and ``x1`` to
+        round-off.
+        """
+        if isinstance(steps, bool) or int(steps) != steps or steps < 2:
+            raise ValueError(f"FlowModel.interpolate: steps must be an integer ≥ 2, got {steps!r}")
+        if tuple(x0.shape) != tuple(x1.shape):
+            raise ValueError(f"FlowModel.interpolate: x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} differ in shape")
+        z0, z1 = self.encode(params, x0), self.encode(params, x1)
+        xp = namespace(z0)
+        frames = []
+        for k in range(int(steps)):
+            t = k / (steps - 1)
+            frames.append(self.decode(params, (1 - t) * z0 + t * z1))
+        return xp.stack(frames)

@@ -11,7 +11,7 @@ Each map returns ``(log_s, dlog_s)`` with ``dlog_s = d(log s)/dh``; the coupling
 
 from __future__ import annotations
 
-from ._array import Array, namespace, sigmoid, softplus
+from ._array import Array, namespace, sech2, sigmoid, softplus
 
 
 class ScaleMap:
@@ -40,8 +40,8 @@ class BoundedScale(ScaleMap):
         self.c = float(c)
 
     def log_scale(self, h):
-        t = namespace(h).tanh(h / self.c)
-        return self.c * t, 1 - t * t
+        u = h / self.c
+        return self.c * namespace(h).tanh(u), sech2(u)
 
     def __repr__(self) -> str:
         return f"bounded(c={self.c})"

@@ -47,7 +47,7 @@ def _fd_scalar_grad(fn, value: np.ndarray) -> np.ndarray:
     return grad
 
 
-def _fd_grad_with_noise(fn, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fd_grad_with_noise(fn, value: np.ndarray, step_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Central differences of ``fn() -> (L, S)`` w.r.t. each element of ``value``, with their noise.
 
     ``S`` is the sum of the magnitudes of the terms summed into ``L``. Each evaluation of ``L`` is
@@ -61,7 +61,7 @@ def _fd_grad_with_noise(fn, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat, gflat, nflat = value.reshape(-1), grad.reshape(-1), noise.reshape(-1)
     for i in range(flat.size):
         v0 = flat[i]
-        h = FD_STEP * max(1.0, abs(v0))
+        h = step_factor * FD_STEP * max(1.0, abs(v0))
         flat[i] = v0 + h
         up, s_up = fn()
         flat[i] = v0 - h
@@ -149,7 +149,16 @@ def check_gradients(layer, params, x, rng, direction: str, rtol: float = 1e-7, c
                 key = label + name
                 if dtype is np.float64:
                     fd, noise = _fd_grad_with_noise(objective, value)
-                    errors[key] = (_fd_error(actual, fd, noise, rtol),)
+                    err = _fd_error(actual, fd, noise, rtol)
+                    if err > 1:
+                        # The 4·eps·S/h model counts only the rounding of the final terms; through a
+                        # deep conditioner each term carries the rounding of every layer before it.
+                        # Measure the quotient's noise instead: at 2h the truncation error is 4×
+                        # (still ≲ 1e-10 relative) while the rounding noise is an independent draw,
+                        # so |fd(h) − fd(2h)| estimates the noise of fd(h) directly.
+                        fd2, _ = _fd_grad_with_noise(objective, value, step_factor=2.0)
+                        err = _fd_error(actual, fd, np.maximum(noise, np.abs(fd - fd2)), rtol)
+                    errors[key] = (err,)
                 else:
                     errors[key] += (rel_err(actual, _cs_scalar_grad(objective, value)),)
     bad = {k: v for k, v in errors.items() if not (v[0] <= 1 and v[1] <= cs_rtol)}

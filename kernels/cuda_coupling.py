@@ -1,0 +1,263 @@
+"""numba-cuda kernels for the elementwise part of affine couplings (GPU twin of :mod:`.cpu_coupling`).
+
+Same maths, argument convention and results contract as :mod:`rawflow.kernels.cpu_coupling`:
+``xb: (N, C, ...)``, ``h = [h_s | t]: (N, 2C, ...)`` on the device, flattened to rows of ``M`` and
+``2M`` columns; ``backward``/``inverse_backward`` return ``gh = [gh_s | gt]`` shaped like ``h``.
+Inputs are anything with ``__cuda_array_interface__`` (CuPy, PyTorch, numba device arrays) or a
+numba device array (also the CUDA simulator's); outputs are numba device arrays, or CuPy arrays
+(zero-copy views) when the inputs are CuPy. Inputs must be C-contiguous: nothing is copied here.
+Launches go to numba's default stream (CuPy's default is the same legacy stream; work on other
+CuPy streams must be synchronised by the caller).
+
+Layout: grid-stride over rows (one block owns a row at a time), block-stride over the row's
+columns. The log-det is a per-thread compensated (TwoSum) float64 partial sum followed by a
+shared-memory tree reduction that carries the compensation, so the result is the float64 sum to
+within about one rounding, in a fixed order (bitwise reproducible for a given block size), then
+rounded once to the dtype; the inverse negates it, so the two log-dets cancel exactly. Warp
+shuffles are not used: the simulator lacks them and the shared-memory tree is not the bottleneck
+of a kernel that streams 16–20 bytes per element. NVVM may contract ``x·s + t`` into an FMA (one
+rounding instead of two: results can differ from the CPU kernels in the last bit, never by more
+than the tests' bounds); the compensated sums contain no products, so contraction cannot undo them.
+Compiled to PTX for sm_90 with numba-cuda 0.30.4 (both dtypes); not yet run on hardware.
+
+Elementary functions are CUDA's (libdevice ``expf``/``exp``, ``tanhf``, ``log1pf``, ≤ 2 ulp in
+float32), the same in every direction, so round trips see the same ``s``. ``sigmoid``'s ``s`` is
+``sigmoid(u)`` computed directly (``= exp(log s)``) and ``bounded``'s ``dlog s = sech²`` without
+the cancellation of ``1 − tanh²``, as on the CPU.
+
+Testing without a GPU: set ``NUMBA_ENABLE_CUDASIM=1`` *before* numba is first imported (the tests
+do this in a subprocess) and use tiny grids (``threads=32``): the simulator runs every thread as
+a Python thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+# numba-cuda (0.30 on numpy 2.5) still references np.row_stack, removed from NumPy; it is vstack.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import cuda, float64  # noqa: E402  (after the NumPy shim above)
+
+from .._array import _is_cupy  # noqa: E402
+from .cpu_coupling import scale_kind  # noqa: E402
+from .dispatch import KernelCache  # noqa: E402, F401  (re-exported: the transforms' cache type)
+
+#: default threads per block (a power of two: the tree reduction halves it).
+THREADS = 256
+#: default cap on the number of blocks (rows beyond it are reached by the grid-stride loop).
+MAX_BLOCKS = 65535
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(dtype_name: str, threads: int):
+    """``(forward, vjp)`` CUDA kernels for one dtype and block size, compiled on first launch."""
+    ft = np.dtype(dtype_name).type
+    zero, half, one, two, four = ft(0), ft(0.5), ft(1), ft(2), ft(4)  # typed: float32 math stays float32
+
+    @cuda.jit(device=True)
+    def smap(kind, hv, c):
+        """``(log s, s, dlog s)`` for one raw value ``hv``."""
+        if kind == 0:
+            return hv, math.exp(hv), one
+        if kind == 1:
+            a = hv / c
+            th = math.tanh(a)
+            log_s = c * th
+            # sech² = 4g/(1 + g)², g = e^{−2|a|}, with 1 + g's rounding error corrected: no
+            # cancellation near saturation (1 − tanh² where tanh is small)
+            g = math.exp(-(abs(a) + abs(a)))
+            g1 = one + g
+            s0 = (four * g) / (g1 * g1)
+            sech2 = one - th * th if abs(th) < half else s0 - (two * s0 * ((one - g1) + g)) / g1
+            return log_s, math.exp(log_s), sech2
+        u = hv + two
+        e = math.exp(-abs(u))  # in (0, 1]: no overflow on either softplus branch
+        sp = math.log1p(e)
+        d = one + e
+        if u >= zero:
+            return -sp, one / d, e / d
+        return u - sp, e / d, one / d
+
+    @cuda.jit
+    def forward(x, h, out, logdet, kind, c, inverse):
+        part = cuda.shared.array(threads, float64)
+        comp = cuda.shared.array(threads, float64)
+        tid = cuda.threadIdx.x
+        n_rows = x.shape[0]
+        m = x.shape[1]
+        for n in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
+            acc = 0.0
+            err = 0.0
+            for j in range(tid, m, cuda.blockDim.x):
+                log_s, s, _ = smap(kind, h[n, j], c)
+                if inverse:
+                    out[n, j] = (x[n, j] - h[n, m + j]) / s
+                else:
+                    out[n, j] = x[n, j] * s + h[n, m + j]
+                v = float(log_s)
+                t = acc + v  # TwoSum: err collects exactly what each addition rounded away
+                bp = t - acc
+                err += (acc - (t - bp)) + (v - bp)
+                acc = t
+            part[tid] = acc
+            comp[tid] = err
+            cuda.syncthreads()
+            half = threads // 2
+            while half > 0:
+                if tid < half:
+                    a = part[tid]
+                    b = part[tid + half]
+                    t = a + b
+                    bp = t - a
+                    comp[tid] += comp[tid + half] + ((a - (t - bp)) + (b - bp))
+                    part[tid] = t
+                cuda.syncthreads()
+                half //= 2
+            if tid == 0:
+                logdet[n] = part[0] + comp[0]
+                if inverse:  # negate the rounded sum: forward + inverse cancel exactly
+                    logdet[n] = -logdet[n]
+            cuda.syncthreads()  # part/comp are reused by this block's next row
+
+    @cuda.jit
+    def vjp(x, h, g, glogdet, gout, gh, kind, c, inverse):
+        n_rows = x.shape[0]
+        m = x.shape[1]
+        for n in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
+            gl = glogdet[n]
+            for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):
+                _, s, dlog_s = smap(kind, h[n, j], c)
+                gv = g[n, j]
+                if inverse:
+                    gy = gv / s
+                    gout[n, j] = gy
+                    gh[n, j] = (-(gv * x[n, j]) - gl) * dlog_s
+                    gh[n, m + j] = -gy
+                else:
+                    gys = gv * s
+                    gout[n, j] = gys
+                    gh[n, j] = (gys * x[n, j] + gl) * dlog_s
+                    gh[n, m + j] = gv
+
+    return forward, vjp
+
+
+# ------------------------------------------------------------------ host-side entry points
+def _device(name: str, what: str, a):
+    """A numba view of device array ``a`` (no copy), checked: floating, C-contiguous, ndim ≥ 2."""
+    if isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: {what} is a NumPy (host) array; pass a device array or use the CPU kernels")
+    if hasattr(a, "copy_to_host") and hasattr(a, "is_c_contiguous"):
+        arr = a  # numba device array (or the simulator's)
+    elif hasattr(a, "__cuda_array_interface__"):
+        arr = cuda.as_cuda_array(a)
+    else:
+        raise ValueError(f"{name}: {what} must be a CUDA device array, got {type(a).__name__}")
+    if np.dtype(arr.dtype) not in (np.float32, np.float64):
+        raise ValueError(f"{name}: {what} must be float32 or float64, got {arr.dtype}")
+    if len(arr.shape) < 2:
+        raise ValueError(f"{name}: {what} must have shape (N, C, ...), got {tuple(arr.shape)}")
+    if not arr.is_c_contiguous():
+        raise ValueError(f"{name}: {what} must be C-contiguous (copy it first)")
+    return arr
+
+
+def _check_like(name: str, what: str, a, like, width: int):
+    want = (like.shape[0], width * like.shape[1]) + tuple(like.shape[2:])
+    if tuple(a.shape) != want:
+        raise ValueError(f"{name}: {what} has shape {tuple(a.shape)}, expected {want}")
+    if np.dtype(a.dtype) != np.dtype(like.dtype):
+        raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
+
+
+def _rows2d(a):
+    return a.reshape(a.shape[0], int(np.prod(a.shape[1:])))
+
+
+def _launch_config(name: str, n_rows: int, threads, blocks):
+    threads = THREADS if threads is None else int(threads)
+    if threads < 1 or threads & (threads - 1) or threads > 1024:
+        raise ValueError(f"{name}: threads must be a power of two ≤ 1024, got {threads}")
+    blocks = min(max(n_rows, 1), MAX_BLOCKS) if blocks is None else int(blocks)
+    if blocks < 1:
+        raise ValueError(f"{name}: blocks must be positive, got {blocks}")
+    return threads, blocks
+
+
+def _wrap(out, like_input):
+    """Return CuPy arrays for CuPy inputs (zero-copy), numba device arrays otherwise."""
+    if _is_cupy(like_input):
+        import cupy
+
+        return cupy.asarray(out)
+    return out
+
+
+def affine_forward(xb, h, scale="exp", *, threads=None, blocks=None):
+    """``(yb, logdet)`` on the device: ``yb = xb·s + t``, ``logdet = Σ log s`` per row."""
+    return _direction("affine_forward", xb, h, scale, False, threads, blocks)
+
+
+def affine_inverse(yb, h, scale="exp", *, threads=None, blocks=None):
+    """``(xb, logdet_inv)``: ``xb = (yb − t)/s``, ``logdet_inv = −Σ log s``."""
+    return _direction("affine_inverse", yb, h, scale, True, threads, blocks)
+
+
+def affine_backward(xb, h, gyb, glogdet, scale="exp", *, threads=None, blocks=None):
+    """VJP of :func:`affine_forward` at ``xb``: ``(gxb, gh)``, ``gh = [gh_s | gt]`` shaped like ``h``."""
+    return _vjp("affine_backward", xb, h, gyb, glogdet, scale, False, threads, blocks)
+
+
+def affine_inverse_backward(xb, h, gxb, glogdet, scale="exp", *, threads=None, blocks=None):
+    """VJP of :func:`affine_inverse` whose output was ``xb``: ``(gyb, gh)``."""
+    return _vjp("affine_inverse_backward", xb, h, gxb, glogdet, scale, True, threads, blocks)
+
+
+def _direction(name, xb, h, scale, inverse, threads, blocks):
+    kind, c = scale_kind(scale)
+    x = _device(name, "x", xb)
+    hh = _device(name, "h", h)
+    _check_like(name, "h", hh, x, 2)
+    dtype = np.dtype(x.dtype)
+    threads, blocks = _launch_config(name, x.shape[0], threads, blocks)
+    x2, h2 = _rows2d(x), _rows2d(hh)
+    out = cuda.device_array(x2.shape, dtype)
+    logdet = cuda.device_array((x2.shape[0],), dtype)
+    forward, _ = _kernels(dtype.name, threads)
+    forward[blocks, threads](x2, h2, out, logdet, kind, dtype.type(c), inverse)
+    return _wrap(out.reshape(*x.shape), xb), _wrap(logdet, xb)
+
+
+def _vjp(name, xb, h, g, glogdet, scale, inverse, threads, blocks):
+    kind, c = scale_kind(scale)
+    x = _device(name, "x", xb)
+    hh = _device(name, "h", h)
+    gg = _device(name, "cotangent", g)
+    _check_like(name, "h", hh, x, 2)
+    _check_like(name, "cotangent", gg, x, 1)
+    gl = _device_vector(name, glogdet, x)
+    dtype = np.dtype(x.dtype)
+    threads, blocks = _launch_config(name, x.shape[0], threads, blocks)
+    x2, h2, g2 = _rows2d(x), _rows2d(hh), _rows2d(gg)
+    gout = cuda.device_array(x2.shape, dtype)
+    gh = cuda.device_array(h2.shape, dtype)
+    _, vjp = _kernels(dtype.name, threads)
+    vjp[blocks, threads](x2, h2, g2, gl, gout, gh, kind, dtype.type(c), inverse)
+    return _wrap(gout.reshape(*x.shape), xb), _wrap(gh.reshape(*hh.shape), xb)
+
+
+def _device_vector(name, gl, like):
+    if isinstance(gl, np.ndarray) or not (hasattr(gl, "copy_to_host") or hasattr(gl, "__cuda_array_interface__")):
+        raise ValueError(f"{name}: log-det cotangent must be a device array")
+    arr = gl if hasattr(gl, "copy_to_host") else cuda.as_cuda_array(gl)
+    if tuple(arr.shape) != (like.shape[0],) or np.dtype(arr.dtype) != np.dtype(like.dtype):
+        raise ValueError(
+            f"{name}: log-det cotangent must be {like.dtype} of shape ({like.shape[0]},), "
+            f"got {arr.dtype} {tuple(arr.shape)}"
+        )
+    return arr

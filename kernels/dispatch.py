@@ -1,0 +1,93 @@
+"""The ``backend=`` choice of :class:`rawflow.AffineTransform` / :class:`rawflow.AdditiveTransform`.
+
+* ``"reference"`` (default): the NumPy/CuPy code in :mod:`rawflow.coupling`, the oracle.
+* ``"numba"``: :mod:`rawflow.kernels.cpu_coupling`; NumPy float32/float64 arrays only.
+* ``"cuda"``: :mod:`rawflow.kernels.cuda_coupling`; CuPy (device) float32/float64 arrays only.
+  The additive transform has nothing to fuse on the device (``x + t`` is one CuPy kernel already),
+  so it runs the reference CuPy code there.
+* ``"auto"``: the kernel matching the arrays when there is one, else the reference (complex
+  inputs, e.g. complex-step checks, custom scale maps, or CUDA unavailable).
+
+An explicit ``"numba"``/``"cuda"`` that cannot serve the arrays raises ``ValueError``: a backend
+the caller named is never swapped silently. Nothing here is global; each transform carries its
+choice. This module imports no kernel module until one is selected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class KernelCache(NamedTuple):
+    """A kernel backend's cache: the forward's input ``xb``, the raw ``h`` and the kernel module.
+
+    ``s`` and ``dlog s`` are recomputed by the VJP kernels. The forward and the inverse produce
+    the same structure (``xb`` is the inverse's output), so the caches stay interchangeable.
+    Each kernel module re-exports it, so the transforms build it as ``kernels.KernelCache``.
+    """
+
+    xb: Any
+    h: Any
+    kernels: Any
+
+
+def _is_device(x) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "cupy"
+
+
+def _real_float(x) -> bool:
+    return np.dtype(x.dtype) in (np.float32, np.float64)
+
+
+def _cuda_module():
+    from . import cuda_coupling
+
+    return cuda_coupling
+
+
+def select(owner: str, backend: str, scale, x, *, additive: bool = False):
+    """The kernel module serving ``x`` under ``backend``, or ``None`` for the reference path.
+
+    ``scale`` is the affine transform's :class:`~rawflow.scales.ScaleMap` (ignored if ``additive``).
+    """
+    if backend == "reference":
+        return None
+    from . import cpu_coupling
+
+    supported = additive
+    if not additive:
+        try:
+            cpu_coupling.scale_kind(scale)
+            supported = True
+        except ValueError:
+            supported = False
+    host = isinstance(x, np.ndarray) and _real_float(x)
+    device = _is_device(x) and _real_float(x)
+    what = f"{type(x).__name__} of dtype {getattr(x, 'dtype', '?')}" + ("" if additive else f", scale map {scale!r}")
+    if backend == "numba":
+        if host and supported:
+            return cpu_coupling
+        raise ValueError(
+            f"{owner}: backend='numba' needs NumPy float32/float64 arrays"
+            + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
+            + f"; got {what}"
+        )
+    if backend == "cuda":
+        if not (device and supported):
+            raise ValueError(
+                f"{owner}: backend='cuda' needs CuPy float32/float64 arrays"
+                + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
+                + f"; got {what}"
+            )
+        return None if additive else _cuda_module()
+    # auto
+    if host and supported:
+        return cpu_coupling
+    if device and supported and not additive:
+        try:
+            return _cuda_module()
+        except Exception:  # noqa: BLE001  (no usable numba.cuda: the reference CuPy path serves)
+            return None
+    return None

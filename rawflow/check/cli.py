@@ -1,0 +1,101 @@
+"""Command-line entry points (wired into ``rawflow check`` and ``rawflow vectors`` by :mod:`rawflow.cli`).
+
+    rawflow check [--family F ...] [--case NAME ...] [--dtype float64 float32] [--json FILE] [--full] [--list]
+    rawflow vectors export DIR [--family F ...] [--case NAME ...] [--seed S]
+    rawflow vectors verify DIR [--json FILE]
+
+Both functions take ``argv`` (without the subcommand name) and return a process exit code:
+0 when every check passed, 1 when one failed, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import registry
+
+
+def _parser_check() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rawflow check", description="Check the built-in layers against derivative oracles.")
+    p.add_argument("--family", nargs="+", choices=registry.families(), help="families to check (default: all)")
+    p.add_argument("--case", nargs="+", help="only these case names")
+    p.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    p.add_argument("--json", type=Path, help="write every record as JSON to this file")
+    p.add_argument("--full", action="store_true", help="print every record, not the worst per group")
+    p.add_argument("--list", action="store_true", help="list the registered cases and exit")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def run_check_cli(argv=None) -> int:
+    from .records import Report
+    from .suite import check_bijector
+
+    try:
+        args = _parser_check().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    chosen = registry.cases(args.family)
+    if args.case:
+        unknown = sorted(set(args.case) - {c.name for c in chosen})
+        if unknown:
+            print(f"rawflow check: unknown case(s) {unknown}; see --list", file=sys.stderr)
+            return 2
+        chosen = [c for c in chosen if c.name in args.case]
+    if args.list:
+        for c in chosen:
+            print(f"{c.name:30s} {type(c.layer).__name__}  x{tuple(c.x.shape)}")
+        return 0
+    report = Report(meta={"dtypes": args.dtype, "seed": args.seed})
+    started = time.perf_counter()
+    for c in chosen:
+        report.extend(check_bijector(c.layer, c.params, c.x, dtypes=args.dtype, seed=args.seed, name=c.name,
+                                     **c.options))
+    elapsed = time.perf_counter() - started
+    print(report.table(full=args.full))
+    print()
+    print(report.failure_report() if not report.passed else
+          f"all {len(report)} checks passed on {len(chosen)} case(s) in {elapsed:.1f} s")
+    if args.json:
+        args.json.write_text(report.to_json(indent=1) + "\n")
+    return 0 if report.passed else 1
+
+
+def _parser_vectors() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rawflow vectors", description="Export or verify golden vectors.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write <case>.npz files and manifest.json")
+    e.add_argument("directory", type=Path)
+    e.add_argument("--family", nargs="+", choices=registry.families())
+    e.add_argument("--case", nargs="+", help="only these case names")
+    e.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("verify", help="check rawflow against the files of a directory")
+    v.add_argument("directory", type=Path)
+    v.add_argument("--json", type=Path)
+    return p
+
+
+def run_vectors_cli(argv=None) -> int:
+    from .vectors import export_vectors, verify_vectors
+
+    try:
+        args = _parser_vectors().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else 2
+    if args.command == "export":
+        manifest = export_vectors(args.directory, families=args.family, names=args.case, seed=args.seed)
+        print(f"wrote {len(manifest['files'])} file(s) and manifest.json to {args.directory}")
+        return 0
+    if not (args.directory / "manifest.json").exists():
+        print(f"rawflow vectors: {args.directory / 'manifest.json'} not found", file=sys.stderr)
+        return 2
+    report = verify_vectors(args.directory)
+    print(report.table())
+    print()
+    print(report.failure_report() if not report.passed else f"all {len(report)} checks passed")
+    if args.json:
+        args.json.write_text(report.to_json(indent=1) + "\n")
+    return 0 if report.passed else 1

@@ -1,0 +1,214 @@
+"""The built-in layers the suite checks: one function per family, one entry per family in ``FAMILIES``.
+
+A family function returns a list of :class:`Case` ``(name, layer, params, x[, options])``: a layer
+object, parameters with every leaf randomised (zero-initialised last layers hide bugs), a float64
+input batch, and optional keyword arguments for :func:`~rawflow.check.check_bijector` (``kappa``,
+``exact_cancel``, ...). Everything is seeded, so a case is the same on every machine: the golden
+vectors (:mod:`rawflow.check.vectors`) rebuild layers from here by name.
+
+To add a family, write ``def linear_cases() -> list[Case]`` and append ``("linear", linear_cases)``
+to ``FAMILIES``. Keep cases tiny (N ≤ 3, a handful of features, conditioners of width ≤ 8): the
+suite evaluates the layer a few hundred times per case.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .. import tree
+from ..actnorm import ActNorm
+from ..architectures import nice, realnvp
+from ..chain import Chain
+from ..coupling import AdditiveCoupling, AffineCoupling
+from ..linear import DenseLinear, LULinear
+from ..logit import Logit
+from ..partition import Partition
+from ..permutation import Permutation, Reverse
+from ..scaling import DiagonalScaling
+
+
+class Case(NamedTuple):
+    name: str
+    layer: object
+    params: dict
+    x: np.ndarray
+    options: dict = {}
+
+
+def randomize(params: dict, rng: np.random.Generator, scale: float) -> dict:
+    """Every leaf replaced by ``N(0, scale²)`` draws in the leaf's dtype."""
+    return tree.map(lambda a: rng.normal(scale=scale, size=a.shape).astype(a.dtype), params)
+
+
+def _case(name, layer, seed, *, n=3, scale=0.5, x_scale=1.0, options=None) -> Case:
+    rng = np.random.default_rng(seed)
+    d = layer.event_shape
+    x = rng.normal(size=(n, *d)) * x_scale
+    params = randomize(layer.init(rng, x), rng, scale)
+    return Case(name, layer, params, x, dict(options or {}))
+
+
+# ---------------------------------------------------------------------- families
+def coupling_cases() -> list[Case]:
+    """Affine coupling with every scale map and activation; additive coupling; a scattered partition."""
+    cases = []
+    for i, (scale, act) in enumerate(
+        [("exp", "relu"), ("exp", "tanh"), ("bounded", "leaky_relu"), ("bounded", "tanh"),
+         ("sigmoid", "relu"), ("sigmoid", "tanh")]
+    ):
+        layer = AffineCoupling(4, scale=scale, hidden=(5,), activation=act, flip=bool(i % 2))
+        cases.append(_case(f"affine-{scale}-{act}", layer, seed=10 + i))
+    cases.append(_case("affine-exp-deep", AffineCoupling(5, hidden=(4, 4), activation="tanh"), seed=20))
+    cases.append(_case("additive-relu", AdditiveCoupling(4, hidden=(6,), activation="relu"), seed=21))
+    mask = np.array([True, False, False, True, False])
+    cases.append(
+        _case("additive-scattered", AdditiveCoupling(5, partition=Partition(mask), hidden=(3,), activation="tanh"),
+              seed=22)
+    )
+    cases.append(_case("affine-linear-conditioner", AffineCoupling(3, hidden=(), scale="exp"), seed=23))
+    return cases
+
+
+def _chain(reconstruct: bool) -> Chain:
+    layers = [
+        AffineCoupling(4, scale="exp", hidden=(4,), activation="tanh"),
+        AdditiveCoupling(4, flip=True, hidden=(4,), activation="relu"),
+        AffineCoupling(4, scale="sigmoid", hidden=(4,), activation="leaky_relu"),
+    ]
+    return Chain(layers, reconstruct=reconstruct)
+
+
+def chain_cases() -> list[Case]:
+    """A three-layer chain, with the cached and with the memory-lean (reconstructing) backward."""
+    return [
+        _case("chain-cached", _chain(False), seed=30, scale=0.4),
+        _case("chain-reconstruct", _chain(True), seed=30, scale=0.4),
+    ]
+
+
+#: raw conditioner outputs ``h`` in the saturated range of each scale map (see rawflow.testing)
+SATURATED_H = {
+    "exp": (4.0, 8.0),  # s = e^{±h}: scales from e^-8 to e^8, the inverse amplifies by up to e^8
+    "sigmoid": (6.0, 12.0),  # u = h + 2 = ±(6..12): s ≈ e^u tiny, or s ≈ 1 − e^{−u} with log s ≈ −e^{−u}
+    "bounded": (6.0, 12.0),  # h/c = ±(3..6) with c = 2: tanh(h/c) within 1e-2..1e-5 of ±1
+}
+
+
+def saturated_coupling(scale: str, seed: int, *, d: int = 4, n: int = 3) -> Case:
+    """An affine coupling whose conditioner's scale outputs sit in the map's saturated range.
+
+    The last layer's weights are shrunk (0.05) and its scale biases set to ``±U(range)``, so ``h_s``
+    stays saturated for every sample; the shift part keeps ordinary values.
+    """
+    rng = np.random.default_rng(seed)
+    layer = AffineCoupling(d, scale=scale, hidden=(4,), activation="tanh")
+    x = rng.normal(size=(n, d))
+    params = randomize(layer.init(rng, x), rng, 0.5)
+    last = params["net"]["1"]
+    lo, hi = SATURATED_H[scale]
+    c = layer.partition.size_b
+    mag = rng.uniform(lo, hi, size=c)
+    sign = np.where(np.arange(c) % 2 == 0, -1.0, 1.0)
+    last["w"] = last["w"] * 0.1
+    last["b"] = np.concatenate([sign * mag - (2.0 if scale == "sigmoid" else 0.0), last["b"][c:]])
+    return Case(f"saturated-{scale}", layer, params, x, {})
+
+
+def saturated_cases() -> list[Case]:
+    """Affine couplings in the saturated range of each scale map (tiny and huge scales)."""
+    return [saturated_coupling(s, seed=40 + i) for i, s in enumerate(("exp", "sigmoid", "bounded"))]
+
+
+def elementwise_cases() -> list[Case]:
+    """Permutations, NICE's diagonal scaling, ActNorm and the logit preprocessing, vectors and images."""
+    logit_x = np.random.default_rng(54).uniform(0.05, 0.95, size=(2, 1, 2, 3))
+    return [
+        _case("permutation", Permutation(5, seed=3), seed=50),
+        Case("reverse-image", Reverse(3, spatial=2), *_image_params(Reverse(3, spatial=2), 51, (2, 3, 2, 2))),
+        _case("diagonal-scaling", DiagonalScaling(4), seed=52),
+        _case("actnorm", ActNorm(4), seed=53),
+        Case("actnorm-image", ActNorm(3, spatial=2), *_image_params(ActNorm(3, spatial=2), 55, (2, 3, 2, 3))),
+        Case("logit-image", Logit((1, 2, 3), alpha=0.05), {}, logit_x),
+    ]
+
+
+def _image_params(layer, seed, shape, scale=0.5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
+    return randomize(layer.init(rng, x), rng, scale), x
+
+
+def _perturbed_rotation(layer, seed, shape, scale=0.2):
+    """The layer's own random-rotation init plus ``N(0, scale²)`` on every leaf (well conditioned)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
+    params = layer.init(rng, x)
+    return tree.map(lambda a: a + rng.normal(scale=scale, size=a.shape), params), x
+
+
+def linear_cases() -> list[Case]:
+    """Dense and LU invertible linear maps on vectors and as 1×1 convolutions, and a near-singular LU."""
+    cases = [
+        Case("dense-linear", DenseLinear(4, seed=1), *_perturbed_rotation(DenseLinear(4, seed=1), 60, (3, 4))),
+        Case("lu-linear", LULinear(4, seed=2), *_perturbed_rotation(LULinear(4, seed=2), 61, (3, 4))),
+        Case("dense-1x1conv", DenseLinear(3, spatial=2, seed=3),
+             *_perturbed_rotation(DenseLinear(3, spatial=2, seed=3), 62, (2, 3, 2, 2))),
+        Case("lu-1x1conv", LULinear(3, spatial=2, seed=4),
+             *_perturbed_rotation(LULinear(3, spatial=2, seed=4), 63, (2, 3, 2, 2))),
+    ]
+    # Near-singular: one |s| = e^-9 (cond(W) ~ 1e4); the bounds scale with the conditioning.
+    layer = LULinear(4, seed=5)
+    params, x = _perturbed_rotation(layer, 64, (3, 4), scale=0.3)
+    params["log_scale"] = params["log_scale"].copy()
+    params["log_scale"][1] = -9.0
+    cases.append(Case("lu-near-singular", layer, params, x))
+    return cases
+
+
+def model_cases() -> list[Case]:
+    """Small full flows of the vector families: NICE (with its scaling) and RealNVP (reconstructing)."""
+    return [
+        _case("nice-flow", nice(4, 3, hidden=(4,), activation="tanh"), seed=70, scale=0.4),
+        _case("realnvp-flow", realnvp(4, 3, hidden=(4,), scale="exp", activation="relu", reconstruct=True),
+              seed=71, scale=0.3),
+    ]
+
+
+#: (family name, function returning its cases) — the one list to extend when a layer family lands
+FAMILIES: list[tuple[str, Callable[[], list[Case]]]] = [
+    ("coupling", coupling_cases),
+    ("chain", chain_cases),
+    ("saturated", saturated_cases),
+    ("elementwise", elementwise_cases),
+    ("linear", linear_cases),
+    ("model", model_cases),
+]
+
+
+def families() -> list[str]:
+    return [name for name, _ in FAMILIES]
+
+
+def cases(families: list[str] | None = None) -> list[Case]:
+    """All cases of the named families (all families by default), as :class:`Case` tuples."""
+    table = dict(FAMILIES)
+    chosen = list(table) if not families else list(families)
+    unknown = [f for f in chosen if f not in table]
+    if unknown:
+        raise ValueError(f"unknown family {unknown}; known: {list(table)}")
+    out = []
+    for fam in chosen:
+        for c in table[fam]():
+            out.append(c if isinstance(c, Case) else Case(*c))
+    return out
+
+
+def find(name: str) -> Case:
+    """The case called ``name`` (``family/name`` or just ``name``)."""
+    fam, _, short = name.rpartition("/")
+    for c in cases([fam] if fam else None):
+        if c.name == short:
+            return c
+    raise KeyError(f"no registered case named {name!r}")

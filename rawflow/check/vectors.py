@@ -1,0 +1,313 @@
+"""Golden vectors: float64 reference values of every registered layer, for other implementations.
+
+``export_vectors(dir)`` writes one ``<case>.npz`` per case of :mod:`rawflow.check.registry` and a
+``manifest.json``; ``verify_vectors(dir)`` checks rawflow against them; :func:`load_case` gives the
+arrays of one case to anyone (PyTorch, JAX, CUDA) after checking the file's sha256.
+
+Fields of a case file (all float64; ``<p>`` runs over the parameter leaves, ``/``-joined paths such
+as ``net/0/w``; ``<d>`` is ``forward`` or ``inverse``)::
+
+    param/<p>                 the parameters
+    <d>/input                 forward: x;  inverse: a latent batch (z = f(x) with the batch reversed)
+    <d>/output, <d>/logdet    z = f(x), log|det ∂z/∂x|   /   x = f⁻¹(z), log|det ∂x/∂z|
+    <d>/cotangent, <d>/cotangent_logdet                      g and gℓ of L = Σ g·output + Σ gℓ·logdet
+    <d>/grad/input, <d>/grad/param/<p>                       ∂L/∂input, ∂L/∂params  (the VJP)
+    <d>/grad_logdet/input, <d>/grad_logdet/param/<p>         the same for Lℓ = Σ gℓ·logdet alone
+    <d>/hvp/direction/input, <d>/hvp/direction/param/<p>     a direction v over (input, params)
+    <d>/hvp/input, <d>/hvp/param/<p>                         H·v, H the Hessian of L over (input, params)
+
+Hessian-vector products are computed by complex step through rawflow's hand-written backward.
+Files are written with a fixed zip timestamp and loaded with ``allow_pickle=False``; a file whose
+sha256 differs from the manifest's is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import tree
+from ..chain import Chain
+from ..coupling import AffineTransform, Coupling
+from . import oracles, registry
+from .probe import Probe
+from .records import Report, compare, verdict
+
+FORMAT = "rawflow-golden-vectors"
+FORMAT_VERSION = 1
+
+#: per-field tolerances: |actual − expected| ≤ rtol·|expected| + atol_rel·max|expected of the field|.
+#: Another float64 implementation sums in another order: its results differ by ~eps times the
+#: size of the summed terms, which for entries that cancel is far above eps·|value|; the norm-wise
+#: floor (atol_rel) covers those. HVPs pass through one more level of sums.
+TOLERANCES = {
+    "output": {"rtol": 1e-12, "atol_rel": 1e-12},
+    "logdet": {"rtol": 1e-12, "atol_rel": 1e-12},
+    "grad": {"rtol": 1e-11, "atol_rel": 1e-11},
+    "grad_logdet": {"rtol": 1e-11, "atol_rel": 1e-11},
+    "hvp": {"rtol": 1e-10, "atol_rel": 1e-10},
+}
+
+CONVENTIONS = {
+    "direction": "forward = data -> latent; inverse = latent -> data",
+    "logdet": "forward: log|det dz/dx| per sample, shape (N,); inverse: log|det dx/dz| = -forward at matching points",
+    "vjp": "grad = dL/d(input, params) with L = sum(cotangent * output) + sum(cotangent_logdet * logdet)",
+    "grad_logdet": "the same VJP with the output cotangent set to zero (the log-det cotangent alone)",
+    "hvp": "H v with H the Hessian of L over (input, params) jointly, v = hvp/direction; by complex step through the backward",
+    "linear_layout": "conditioner Linear layers: y = x @ w.T + b with w of shape (out, in) (PyTorch's layout)",
+    "coupling": "x_a = x[:, copied] is copied; h = conditioner(x_a); affine: h_s = h[:, :|b|], t = h[:, |b|:], "
+                "y_b = x_b * exp(log_s(h_s)) + t; additive: y_b = x_b + h",
+    "scale_maps": "exp: log s = h; bounded(c): log s = c*tanh(h/c); sigmoid: s = sigmoid(h + 2)",
+    "params": "npz keys param/<path>; paths join nested dict keys with '/'",
+}
+
+
+# ---------------------------------------------------------------------- describing layers
+def describe(layer) -> dict:
+    """A JSON description of a layer's fixed structure, enough to rebuild it elsewhere."""
+    if isinstance(layer, Chain):
+        return {"class": "Chain", "reconstruct": layer.reconstruct, "layers": [describe(s) for s in layer.layers]}
+    if isinstance(layer, Coupling):
+        net = layer.net
+        out = {
+            "class": type(layer).__name__,
+            "features": int(layer.event_shape[0]),
+            "copied": layer.partition.idx_a.tolist(),
+            "transformed": layer.partition.idx_b.tolist(),
+            "transform": "affine" if isinstance(layer.transform, AffineTransform) else "additive",
+        }
+        if isinstance(layer.transform, AffineTransform):
+            out["scale"] = repr(layer.transform.scale)
+        if hasattr(net, "widths"):
+            out["conditioner"] = {"class": type(net).__name__, "widths": list(net.widths),
+                                  "activation": net.activation.name, "leaky_slope": net.activation.slope}
+        return out
+    return {"class": type(layer).__name__, "event_shape": list(getattr(layer, "event_shape", ())),
+            "repr": repr(layer)}
+
+
+# ---------------------------------------------------------------------- computing the fields
+def _direction_fields(layer, params, u, direction, rng) -> dict:
+    run = layer.forward if direction == "forward" else layer.inverse
+    vjp = layer.backward if direction == "forward" else layer.inverse_backward
+    out, logdet, cache = run(params, u)
+    g = rng.normal(size=out.shape)
+    gl = rng.normal(size=logdet.shape)
+    gu, gp = vjp(params, cache, g, gl)
+    gu0, gp0 = vjp(params, cache, np.zeros_like(g), gl)
+    d = direction
+    fields = {f"{d}/input": u, f"{d}/output": out, f"{d}/logdet": logdet, f"{d}/cotangent": g,
+              f"{d}/cotangent_logdet": gl, f"{d}/grad/input": gu, f"{d}/grad_logdet/input": gu0}
+    for path, leaf in tree.leaves(gp):
+        fields[f"{d}/grad/param/{path}"] = leaf
+    for path, leaf in tree.leaves(gp0):
+        fields[f"{d}/grad_logdet/param/{path}"] = leaf
+    # direction for the HVP over (input, params)
+    probe = Probe(layer, params, u, g, gl, direction)
+    v = rng.normal(size=probe.w0.size)
+    vparts = probe.in_layout.unpack(v)
+    fields[f"{d}/hvp/direction/input"] = vparts["input"]
+    for path in probe.paths:
+        fields[f"{d}/hvp/direction/param/{path}"] = vparts[path]
+    fields.update(_hvp(probe, vparts, d))
+    return fields
+
+
+def _hvp(probe: Probe, vparts: dict, d: str) -> dict:
+    v = probe.in_layout.pack(vparts)
+    hv = probe.out_layout.unpack(oracles.complex_step(probe, probe.w0, v))
+    out = {f"{d}/hvp/input": hv["grad:input"]}
+    for path in probe.paths:
+        out[f"{d}/hvp/param/{path}"] = hv[f"grad:{path}"]
+    return out
+
+
+def case_fields(case: registry.Case, seed: int = 0) -> dict:
+    """All golden fields of one case (float64 arrays keyed as in the module docstring)."""
+    layer, params = case.layer, tree.map(lambda a: np.asarray(a, dtype=np.float64), case.params)
+    x = np.asarray(case.x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    fields = {f"param/{p}": a for p, a in tree.leaves(params)}
+    fields.update(_direction_fields(layer, params, x, "forward", rng))
+    z_rev = fields["forward/output"][::-1].copy()
+    fields.update(_direction_fields(layer, params, z_rev, "inverse", rng))
+    return fields
+
+
+# ---------------------------------------------------------------------- files
+def _write_npz(path: Path, arrays: dict) -> None:
+    """An ``.npz`` with fixed timestamps, so identical arrays give identical bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _field_kind(key: str) -> str | None:
+    parts = key.split("/")
+    if parts[0] == "param" or (len(parts) == 2 and parts[1] in ("input", "cotangent", "cotangent_logdet")):
+        return None
+    if parts[1] in ("output", "logdet"):
+        return parts[1]
+    if parts[1] in ("grad", "grad_logdet"):
+        return parts[1]
+    if parts[1] == "hvp":
+        return None if parts[2] == "direction" else "hvp"
+    return None
+
+
+def export_vectors(directory, families=None, names=None, seed: int = 0) -> dict:
+    """Write ``<case>.npz`` for the registered cases (optionally only ``names``) and ``manifest.json``."""
+    from .. import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for fam in families or registry.families():
+        for case in registry.cases([fam]):
+            if names is not None and case.name not in names:
+                continue
+            fields = case_fields(case, seed)
+            path = directory / f"{case.name}.npz"
+            _write_npz(path, fields)
+            files[path.name] = {
+                "case": case.name,
+                "family": fam,
+                "sha256": _sha256(path),
+                "layer": describe(case.layer),
+                # parameter and input shapes; every other field's shape follows from them
+                "shapes": {k: list(np.shape(v)) for k, v in sorted(fields.items())
+                           if k.startswith("param/") or k in ("forward/input", "inverse/input")},
+                "fields": len(fields),
+            }
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rawflow_version": __version__,
+        "seed": seed,
+        "dtype": "float64",
+        "conventions": CONVENTIONS,
+        "tolerances": TOLERANCES,
+        "files": files,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_manifest(directory) -> dict:
+    manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{directory}: not a {FORMAT} manifest")
+    return manifest
+
+
+def load_case(directory, name: str) -> dict:
+    """The arrays of case ``name`` (file ``<name>.npz``) after checking its sha256 against the manifest."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    fname = name if name.endswith(".npz") else f"{name}.npz"
+    if fname not in manifest["files"]:
+        raise KeyError(f"{fname} is not listed in {directory / 'manifest.json'}")
+    path = directory / fname
+    want = manifest["files"][fname]["sha256"]
+    have = _sha256(path)
+    if have != want:
+        raise ValueError(f"{path}: sha256 {have} does not match the manifest's {want}; refusing to load it")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def verify_vectors(directory, layers: dict | None = None) -> Report:
+    """Check rawflow against the golden files; returns a :class:`~rawflow.check.records.Report`.
+
+    ``layers`` maps case names to layer objects (default: rebuilt from the registry by name).
+    Parameters and inputs come from the files, so the check does not depend on random streams.
+    """
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    tol = manifest.get("tolerances", TOLERANCES)
+    report = Report(meta={"directory": str(directory), "seed": manifest.get("seed")})
+    for fname, entry in sorted(manifest["files"].items()):
+        name = entry["case"]
+        base = dict(layer=name, direction="-", dtype="float64", step=None)
+        try:
+            arrays = load_case(directory, fname)
+        except (ValueError, OSError, KeyError) as exc:
+            report.extend([verdict(False, check="vectors", quantity="file", oracle="sha256", note=str(exc), **base)])
+            continue
+        layer = (layers or {}).get(name)
+        if layer is None:
+            try:
+                layer = registry.find(name).layer
+            except KeyError as exc:
+                report.extend([verdict(False, check="vectors", quantity="layer", oracle="registry",
+                                       note=str(exc), **base)])
+                continue
+        report.extend([verdict(True, check="vectors", quantity="file", oracle="sha256", **base)])
+        report.extend(_verify_case(layer, arrays, tol, name))
+    return report
+
+
+def _unflatten(arrays: dict, prefix: str) -> dict:
+    params: dict = {}
+    for key, value in arrays.items():
+        if not key.startswith(prefix):
+            continue
+        node = params
+        parts = key[len(prefix):].split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return params
+
+
+def _verify_case(layer, arrays: dict, tol: dict, name: str) -> list:
+    params = _unflatten(arrays, "param/")
+    expected_keys = {k for k in arrays if _field_kind(k)}
+    actual = {}
+    for d in ("forward", "inverse"):
+        u = arrays[f"{d}/input"]
+        run = layer.forward if d == "forward" else layer.inverse
+        vjp = layer.backward if d == "forward" else layer.inverse_backward
+        out, logdet, cache = run(params, u)
+        g, gl = arrays[f"{d}/cotangent"], arrays[f"{d}/cotangent_logdet"]
+        gu, gp = vjp(params, cache, g, gl)
+        gu0, gp0 = vjp(params, cache, np.zeros_like(g), gl)
+        actual.update({f"{d}/output": out, f"{d}/logdet": logdet, f"{d}/grad/input": gu, f"{d}/grad_logdet/input": gu0})
+        actual.update({f"{d}/grad/param/{p}": a for p, a in tree.leaves(gp)})
+        actual.update({f"{d}/grad_logdet/param/{p}": a for p, a in tree.leaves(gp0)})
+        probe = Probe(layer, params, u, g, gl, d)
+        vparts = {"input": arrays[f"{d}/hvp/direction/input"]}
+        vparts.update({p: arrays[f"{d}/hvp/direction/param/{p}"] for p in probe.paths})
+        actual.update(_hvp(probe, vparts, d))
+    records = []
+    for key in sorted(expected_keys):
+        kind = _field_kind(key)
+        t = tol[kind]
+        e = arrays[key]
+        fields = dict(layer=name, direction=key.split("/")[0], check="vectors", quantity=key, oracle="golden file",
+                      step=None)
+        if key not in actual:
+            records.append(verdict(False, dtype="float64", note="rawflow does not produce this field", **fields))
+            continue
+        floor = t["atol_rel"] * float(np.max(np.abs(e), initial=0.0))
+        records.append(compare(actual[key], e, rtol=t["rtol"], atol=floor, dtype="float64",
+                               scale_note="|expected| (+ atol_rel·max|field|)", **fields))
+    missing = sorted(k for k in actual if k not in expected_keys)
+    if missing:
+        records.append(verdict(False, dtype="float64", layer=name, direction="-", check="vectors",
+                               quantity="fields", oracle="golden file", step=None,
+                               note=f"fields missing from the file: {missing[:5]}"))
+    return records

@@ -1,0 +1,161 @@
+"""Multi-scale flows (RealNVP, Glow): levels that each factor out part of their channels.
+
+``MultiScale(levels, keep, image_shape)`` maps images ``x: (N, C, H, W)`` to one flat latent
+``z: (N, C·H·W)``. Level ``l`` (any bijector, typically a :class:`~rawflow.chain.Chain` ending in a
+:class:`~rawflow.split.Split`) maps its input to ``h_l``; its first ``keep[l]`` channels go on to level
+``l + 1`` and the rest, ``ε_l``, leave the flow::
+
+    h_0 = level_0(x);     ε_0 = h_0[:, keep_0:],   x_1 = h_0[:, :keep_0]
+    h_1 = level_1(x_1);   ε_1 = h_1[:, keep_1:],   ...
+    z = [vec(ε_0), vec(ε_1), ..., vec(h_last)]          logdet = Σ_l logdet_l
+
+With Glow's split prior inside each level (``Split`` standardises the factored half with a mean and
+log-std computed from the kept half), a standard normal prior on ``z`` is exactly Glow's
+multi-scale likelihood; the last level may end with a zero-initialised :class:`~rawflow.actnorm.ActNorm`
+(``data_init=False``): a learned top prior. Parameters: ``{"0": level_0 params, "1": ...}``.
+
+VJPs: ``gz`` is cut into the same pieces; going back from the last level, each level receives
+``[g(kept part from the level above), g(ε_l)]`` along channels. ``reconstruct=True`` keeps only
+``(x, z)`` and rebuilds each level's output from ``z`` and the level above's rebuilt input, running
+the level's ``inverse`` right before its VJP (levels that are reconstructing chains do the same
+inside), so activation memory does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ._array import namespace
+from .bijector import Bijector
+
+
+class MultiScale(Bijector):
+    def __init__(self, levels: Sequence[Bijector], keep: Sequence[int], image_shape, *, reconstruct: bool = False):
+        levels, keep = list(levels), [int(k) for k in keep]
+        if not levels:
+            raise ValueError("MultiScale: needs at least one level")
+        if len(keep) != len(levels) - 1:
+            raise ValueError(f"MultiScale: keep needs one entry per level but the last ({len(levels) - 1}), got {len(keep)}")
+        self.levels, self.keep = levels, keep
+        self.event_shape = tuple(int(d) for d in image_shape)
+        self.reconstruct = bool(reconstruct)
+        # Concrete shapes: each level's output, and the factored / kept parts.
+        self.level_in, self.level_out = [], []
+        shape = self.event_shape
+        for i, level in enumerate(levels):
+            self.level_in.append(shape)
+            out = level.output_shape(shape)
+            self.level_out.append(out)
+            if i < len(keep):
+                if not 0 < keep[i] < out[0]:
+                    raise ValueError(f"MultiScale: level {i} outputs {out[0]} channels, cannot keep {keep[i]}")
+                shape = (keep[i],) + tuple(out[1:])
+        self.pieces = [(out[0] - k,) + tuple(out[1:]) for out, k in zip(self.level_out, keep)]
+        self.pieces.append(self.level_out[-1])
+        self.sizes = [math.prod(p) for p in self.pieces]
+        self.size = sum(self.sizes)
+        if self.size != math.prod(self.event_shape):
+            raise ValueError(f"MultiScale: latent size {self.size} ≠ input size {math.prod(self.event_shape)}")
+
+    @property
+    def out_event_shape(self) -> tuple:
+        return (self.size,)
+
+    def output_shape(self, shape: tuple) -> tuple:
+        if tuple(shape) != self.event_shape:
+            raise self._error(f"built for images of shape {self.event_shape}, got {tuple(shape)}")
+        return (self.size,)
+
+    # ------------------------------------------------------------------ pieces of the flat latent
+    def _cut(self, z):
+        n, out, start = z.shape[0], [], 0
+        for shape, size in zip(self.pieces, self.sizes):
+            out.append(z[:, start:start + size].reshape((n,) + shape))
+            start += size
+        return out
+
+    def _join(self, pieces):
+        n = pieces[0].shape[0]
+        return namespace(pieces[0]).concatenate([p.reshape(n, -1) for p in pieces], axis=1)
+
+    def _merge(self, kept, factored):
+        return namespace(kept).concatenate([kept, factored], axis=1)
+
+    # ------------------------------------------------------------------ the bijector
+    def _init(self, rng, x):
+        params = {}
+        for i, level in enumerate(self.levels):
+            params[str(i)] = level._init(rng, x)
+            h = level._forward(params[str(i)], x)[0]
+            x = h[:, : self.keep[i]] if i < len(self.keep) else h
+        return params
+
+    def _forward(self, params, x):
+        total, caches, pieces = 0, [], []
+        x_in = x
+        for i, level in enumerate(self.levels):
+            h, logdet, cache = level._forward(params[str(i)], x)
+            total = total + logdet
+            if not self.reconstruct:
+                caches.append(cache)
+            if i < len(self.keep):
+                pieces.append(h[:, self.keep[i]:])
+                x = h[:, : self.keep[i]]
+            else:
+                pieces.append(h)
+        z = self._join(pieces)
+        return z, total, (x_in, z) if self.reconstruct else caches
+
+    def _inverse(self, params, z):
+        pieces = self._cut(z)
+        total, caches = 0, [None] * len(self.levels)
+        h = pieces[-1]
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.keep):
+                h = self._merge(h, pieces[i])
+            h, logdet, cache = self.levels[i]._inverse(params[str(i)], h)
+            total = total + logdet
+            if not self.reconstruct:
+                caches[i] = cache
+        return h, total, (h, z) if self.reconstruct else caches
+
+    def _backward(self, params, cache, gz, glogdet):
+        gpieces = self._cut(gz)
+        pieces = self._cut(cache[1]) if self.reconstruct else None
+        gparams = {}
+        g, h = gpieces[-1], (pieces[-1] if pieces else None)
+        for i in reversed(range(len(self.levels))):
+            level, p = self.levels[i], params[str(i)]
+            if i < len(self.keep):
+                g = self._merge(g, gpieces[i])
+                if pieces:
+                    h = self._merge(h, pieces[i])
+            if self.reconstruct:
+                h, _, level_cache = level._inverse(p, h)
+            else:
+                level_cache = cache[i]
+            g, gparams[str(i)] = level._backward(p, level_cache, g, glogdet)
+            del level_cache
+        return g, gparams
+
+    def _inverse_backward(self, params, cache, gx, glogdet):
+        x = cache[0] if self.reconstruct else None
+        gparams, gpieces = {}, []
+        g = gx
+        for i, level in enumerate(self.levels):
+            p = params[str(i)]
+            if self.reconstruct:
+                h, _, level_cache = level._forward(p, x)
+            else:
+                level_cache = cache[i]
+            g, gparams[str(i)] = level._inverse_backward(p, level_cache, g, glogdet)
+            del level_cache
+            if i < len(self.keep):
+                gpieces.append(g[:, self.keep[i]:])
+                g = g[:, : self.keep[i]]
+                if self.reconstruct:
+                    x = h[:, : self.keep[i]]
+            else:
+                gpieces.append(g)
+        return self._join(gpieces), gparams
