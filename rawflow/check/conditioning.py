@@ -40,7 +40,8 @@ class Context:
 
 
 def count_layers(layer) -> int:
-    subs = getattr(layer, "layers", None)
+    # A chain's layers, or a multi-scale flow's levels.
+    subs = getattr(layer, "layers", None) or getattr(layer, "levels", None)
     if not subs:
         return 1
     return sum(count_layers(s) for s in subs)

@@ -176,6 +176,51 @@ def model_cases() -> list[Case]:
     ]
 
 
+def image_cases() -> list[Case]:
+    """Image layers on tiny (N, C, H, W) batches: squeeze, split, channel / rotation / checkerboard couplings."""
+    from ..image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
+    from ..split import Split
+    from ..squeeze import Squeeze
+
+    def noisy(layer, seed, shape, scale=0.05):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=shape)
+        params = layer.init(rng, x)
+        return tree.map(lambda a: a + rng.normal(scale=scale, size=a.shape), params), x
+
+    cases = [
+        Case("squeeze", Squeeze(2), {}, np.random.default_rng(80).normal(size=(2, 2, 2, 4))),
+        Case("split", Split(4), *noisy(Split(4), 81, (2, 4, 2, 2), scale=0.1)),
+    ]
+    for i, (kind, scale) in enumerate([("affine", "sigmoid"), ("additive", "exp")]):
+        layer = ChannelCoupling(4, kind, scale=scale, width=3, flip=bool(i))
+        cases.append(Case(f"channel-{kind}", layer, *noisy(layer, 82 + i, (2, 4, 2, 2))))
+    layer = ChannelRotationCoupling(3, step=1, scale="bounded", width=3)
+    cases.append(Case("channel-rotation", layer, *noisy(layer, 84, (2, 3, 2, 2))))
+    layer = CheckerboardCoupling(1, "affine", scale="exp", width=3, conditioner="resnet")
+    cases.append(Case("checkerboard-resnet", layer, *noisy(layer, 85, (2, 1, 2, 4))))
+    return cases
+
+
+def image_model_cases() -> list[Case]:
+    """Small full image flows, memory-lean backward: a one-level Glow (squeeze, ActNorm, LU 1×1 conv,
+    affine coupling with Glow's CNN, learned top) and a two-level RealNVP (checkerboard and channel
+    couplings, squeeze, split). Kept small: the complex step covers every parameter column."""
+    from ..architectures import glow, realnvp_multiscale
+
+    out = []
+    for name, flow, seed in (
+        ("glow-flow", glow(1, 1, 1, (1, 4, 4), reconstruct=True), 90),
+        ("realnvp-multiscale", realnvp_multiscale(2, 1, (1, 4, 4), blocks=0, reconstruct=True), 91),
+    ):
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(size=(2, 1, 4, 4))
+        params = tree.map(lambda a: a + rng.normal(scale=0.02, size=a.shape), flow.init(rng, x))
+        # Difference-oracle cross-checks on 16 random parameter columns (every input column).
+        out.append(Case(name, flow, params, x, {"fd_columns": 16}))
+    return out
+
+
 #: (family name, function returning its cases) — the one list to extend when a layer family lands
 FAMILIES: list[tuple[str, Callable[[], list[Case]]]] = [
     ("coupling", coupling_cases),
@@ -184,6 +229,8 @@ FAMILIES: list[tuple[str, Callable[[], list[Case]]]] = [
     ("elementwise", elementwise_cases),
     ("linear", linear_cases),
     ("model", model_cases),
+    ("image", image_cases),
+    ("image-model", image_model_cases),
 ]
 
 
