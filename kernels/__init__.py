@@ -18,6 +18,10 @@ import importlib
 
 _LAZY = {
     "SCALE_KINDS": "cpu_coupling",
+    "actnorm_backward": "cpu_actnorm",
+    "actnorm_forward": "cpu_actnorm",
+    "actnorm_inverse": "cpu_actnorm",
+    "actnorm_inverse_backward": "cpu_actnorm",
     "additive_forward": "cpu_coupling",
     "additive_inverse": "cpu_coupling",
     "affine_backward": "cpu_coupling",

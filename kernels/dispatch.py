@@ -1,4 +1,5 @@
-"""The ``backend=`` choice of :class:`rawflow.AffineTransform` / :class:`rawflow.AdditiveTransform`.
+"""The ``backend=`` choice of :class:`rawflow.AffineTransform` / :class:`rawflow.AdditiveTransform`
+(:func:`select`) and of :class:`rawflow.ActNorm` (:func:`select_actnorm`, at the end).
 
 * ``"reference"`` (default): the NumPy/CuPy code in :mod:`rawflow.coupling`, the oracle.
 * ``"numba"``: :mod:`rawflow.kernels.cpu_coupling`; NumPy float32/float64 arrays only.
@@ -30,6 +31,18 @@ class KernelCache(NamedTuple):
 
     xb: Any
     h: Any
+    kernels: Any
+
+
+class ActNormCache(NamedTuple):
+    """An ActNorm kernel backend's cache: the layer's input ``x``, its output ``z``, the kernel module.
+
+    ``backward`` reads ``z``, ``inverse_backward`` reads ``x`` (``u = x + bias`` is recomputed in
+    the kernel); forward and inverse caches are the same structure, hence interchangeable.
+    """
+
+    x: Any
+    z: Any
     kernels: Any
 
 
@@ -90,4 +103,43 @@ def select(owner: str, backend: str, scale, x, *, additive: bool = False):
             return _cuda_module()
         except Exception:  # noqa: BLE001  (no usable numba.cuda: the reference CuPy path serves)
             return None
+    return None
+
+
+# ------------------------------------------------------------------ ActNorm
+def select_actnorm(owner: str, backend: str, x):
+    """The ActNorm kernel module serving ``x`` under ``backend``, or ``None`` for the reference path.
+
+    ``"numba"``: :mod:`rawflow.kernels.cpu_actnorm` (NumPy float32/float64); ``"cuda"``:
+    :mod:`rawflow.kernels.cuda_actnorm` (CuPy float32/float64); ``"auto"``: whichever matches the
+    arrays, else the reference (complex inputs, or no usable ``numba.cuda``). A named backend
+    that cannot serve the arrays raises ``ValueError``.
+    """
+    if backend == "reference":
+        return None
+    host = isinstance(x, np.ndarray) and _real_float(x)
+    device = _is_device(x) and _real_float(x)
+    what = f"{type(x).__name__} of dtype {getattr(x, 'dtype', '?')}"
+    if backend == "numba":
+        if not host:
+            raise ValueError(f"{owner}: backend='numba' needs NumPy float32/float64 arrays; got {what}")
+        from . import cpu_actnorm
+
+        return cpu_actnorm
+    if backend == "cuda":
+        if not device:
+            raise ValueError(f"{owner}: backend='cuda' needs CuPy float32/float64 arrays; got {what}")
+        from . import cuda_actnorm
+
+        return cuda_actnorm
+    if host:
+        from . import cpu_actnorm
+
+        return cpu_actnorm
+    if device:
+        try:
+            from . import cuda_actnorm
+        except Exception:  # noqa: BLE001  (no usable numba.cuda: the reference CuPy path serves)
+            return None
+        return cuda_actnorm
     return None

@@ -28,6 +28,14 @@ Gradients (sums ``Σ`` over the batch and spatial axes)::
     inverse:  gz = gx / e    g bias = −Σ gx         g log_scale = −Σ gx ⊙ u − P·Σ_n glogdet_n
 
 (``∂x/∂log_scale = −z/e = −u``.) The cache ``(u, z, e)`` is the same from either direction.
+
+``backend=`` selects who computes all four passes: ``"reference"`` (default; the code below, the
+oracle), ``"numba"`` / ``"cuda"`` (fused kernels :mod:`rawflow.kernels.cpu_actnorm` /
+:mod:`rawflow.kernels.cuda_actnorm`: one pass over the data per direction, the parameter
+gradients' batch/spatial sums fused into the VJP pass, computed in float64 and rounded once) or
+``"auto"`` (the kernel matching the arrays, else this code: complex inputs such as complex-step
+checks run the reference); see :func:`rawflow.kernels.dispatch.select_actnorm`. A kernel
+backend's cache is ``(x, z, kernels)``; it is interchangeable between directions as well.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from ._array import Array, namespace
 from ._channel import ChannelBijector, channel_view, constant_logdet, positions, sum_but_channel
 
 
+_BACKENDS = ("reference", "numba", "cuda", "auto")
+
+
 class ActNorm(ChannelBijector):
     """``z = (x + bias) ⊙ exp(log_scale)`` along axis 1, initialised to whiten the first batch.
 
@@ -46,9 +57,23 @@ class ActNorm(ChannelBijector):
     (Glow's ``learn_top``, reparametrised).
     """
 
-    def __init__(self, features: int, spatial: int = 0, *, data_init: bool = True):
+    def __init__(self, features: int, spatial: int = 0, *, data_init: bool = True, backend: str = "reference"):
         super().__init__(features, spatial)
         self.data_init = bool(data_init)
+        if backend not in _BACKENDS:
+            raise ValueError(f"{type(self).__name__}: backend must be one of {', '.join(_BACKENDS)}; got {backend!r}")
+        self.backend = backend
+
+    def _kernels(self, x):
+        """The kernel module serving ``x`` under ``self.backend``, or ``None`` for the reference code.
+
+        :mod:`rawflow.kernels` (and Numba) is imported only when a kernel backend is asked for.
+        """
+        if self.backend == "reference":
+            return None
+        from .kernels.dispatch import select_actnorm
+
+        return select_actnorm(self.name, self.backend, x)
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         """``{"bias": −mean, "log_scale": −log(std + guard)}`` per channel of ``x``; ``rng`` is unused."""
@@ -74,24 +99,40 @@ class ActNorm(ChannelBijector):
         return positions(x) * params["log_scale"].sum()
 
     def _forward(self, params, x):
+        k = self._kernels(x)
+        if k is not None:
+            z, logdet = k.actnorm_forward(x, params["bias"], params["log_scale"])
+            return z, logdet, k.ActNormCache(x, z, k)
         e = namespace(x).exp(params["log_scale"])
         u = x + channel_view(params["bias"], x)
         z = u * channel_view(e, x)
         return z, constant_logdet(self._logdet(params, x), z), (u, z, e)
 
     def _inverse(self, params, z):
+        k = self._kernels(z)
+        if k is not None:
+            x, logdet = k.actnorm_inverse(z, params["bias"], params["log_scale"])
+            return x, logdet, k.ActNormCache(x, z, k)
         e = namespace(z).exp(params["log_scale"])
         u = z / channel_view(e, z)
         x = u - channel_view(params["bias"], z)
         return x, constant_logdet(-self._logdet(params, z), x), (u, z, e)
 
     def _backward(self, params, cache, gz, glogdet):
+        if hasattr(cache, "kernels"):
+            gx, gb, gls = cache.kernels.actnorm_backward(cache.z, params["bias"], params["log_scale"], gz, glogdet)
+            return gx, {"bias": gb, "log_scale": gls}
         u, z, e = cache
         gx = gz * channel_view(e, gz)
         gls = sum_but_channel(gz * z) + positions(gz) * glogdet.sum()
         return gx, {"bias": sum_but_channel(gx), "log_scale": gls}
 
     def _inverse_backward(self, params, cache, gx, glogdet):
+        if hasattr(cache, "kernels"):
+            gz, gb, gls = cache.kernels.actnorm_inverse_backward(
+                cache.x, params["bias"], params["log_scale"], gx, glogdet
+            )
+            return gz, {"bias": gb, "log_scale": gls}
         u, z, e = cache
         gz = gx / channel_view(e, gx)
         gls = -(sum_but_channel(gx * u) + positions(gx) * glogdet.sum())

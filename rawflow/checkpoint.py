@@ -7,10 +7,15 @@ nothing in a file is ever executed. Members:
 * ``"__meta__"`` — UTF-8 JSON as a ``uint8`` array: format version, the JSON config, the step, the
   tree structure (path, shape, dtype) and the SHA-256 of every member's bytes.
 
+The zip's comment is the SHA-256 (hex) of every byte before it, so a flip anywhere — array data,
+``.npy`` headers, or the zip's own bookkeeping (local-header copies of CRCs and sizes, timestamps,
+the central directory) — is caught, not only flips inside members.
+
 Writing goes to a temporary file in the target directory, is flushed and ``fsync``-ed, then renamed
 over the target (``os.replace`` is atomic on POSIX), so a crash mid-write leaves the previous
-checkpoint intact. Loading checks the zip CRCs, the manifest, every digest, shapes and dtypes, and raises
-:class:`CheckpointError` (a ``ValueError``) naming the file and the problem.
+checkpoint intact. Loading checks the zip CRCs, the manifest, every member's digest, shapes and dtypes,
+then the whole-file digest, and raises :class:`CheckpointError` (a ``ValueError``) naming the file and
+the problem.
 """
 
 from __future__ import annotations
@@ -51,6 +56,22 @@ def _unflatten(items: dict[str, np.ndarray]) -> dict:
     return out
 
 
+_DIGEST_LEN = 64  # hex SHA-256 in the zip comment
+
+
+def _serialize(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (stored, ``.npy`` members) whose zip comment is the SHA-256 of all bytes before it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+        zf.comment = b"0" * _DIGEST_LEN
+    raw = buf.getvalue()
+    body = raw[:-_DIGEST_LEN]
+    return body + hashlib.sha256(body).hexdigest().encode("ascii")
+
+
 def save_checkpoint(path: str | os.PathLike, trees: dict[str, dict], config: dict, step: int) -> None:
     """Atomically write ``trees`` (e.g. ``{"params": ..., "optimizer": ...}``), ``config`` and ``step``."""
     path = os.fspath(path)
@@ -69,12 +90,14 @@ def save_checkpoint(path: str | os.PathLike, trees: dict[str, dict], config: dic
     meta = {"format": FORMAT, "version": VERSION, "step": int(step), "config": config, "arrays": manifest}
     meta_bytes = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
+    raw = _serialize({"__meta__": meta_bytes, **arrays})
+
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=meta_bytes, **arrays)
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,6 +159,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path}: '{name}' fails its SHA-256 check (corrupted)")
         section, _, leaf_path = name.partition("/")
         sections.setdefault(section, {})[leaf_path] = a
+    body, stored = raw[:-_DIGEST_LEN], raw[-_DIGEST_LEN:]
+    if hashlib.sha256(body).hexdigest().encode("ascii") != stored:
+        raise CheckpointError(
+            f"checkpoint {path}: fails its whole-file SHA-256 check (corrupted or truncated: a byte changed "
+            "in the zip's headers or directory)"
+        )
     out: dict[str, Any] = {"step": meta["step"], "config": meta["config"]}
     for section, items in sections.items():
         out[section] = _unflatten(items)

@@ -38,7 +38,7 @@ def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(path, trees, config, step=2)
     monkeypatch.undo()
@@ -62,23 +62,13 @@ def test_every_flipped_byte_is_refused(tmp_path):
     path = tmp_path / "ckpt.npz"
     save_checkpoint(path, trees, config, step=3)
     data = bytearray(path.read_bytes())
-    # Flip one bit at a spread of offsets covering headers, array data and the zip directory.
-    refused = 0
-    offsets = range(0, len(data), max(1, len(data) // 97))
-    for offset in offsets:
+    # Flip one bit at every offset: headers, array data, the zip's bookkeeping, the digest itself.
+    for offset in range(len(data)):
         corrupt = bytearray(data)
         corrupt[offset] ^= 0x10
         path.write_bytes(bytes(corrupt))
-        try:
+        with pytest.raises(CheckpointError):
             load_checkpoint(path)
-        except CheckpointError:
-            refused += 1
-        else:
-            # A flip that still loads must load the same content (e.g. a zip timestamp byte).
-            loaded = load_checkpoint(path)
-            for p, leaf in tree.leaves(trees["params"]):
-                assert np.array_equal(tree.get(loaded["params"], p), leaf)
-    assert refused >= len(offsets) * 0.8
 
 
 def test_wrong_keys_and_foreign_files_are_refused(tmp_path):
