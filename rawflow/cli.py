@@ -2,31 +2,38 @@
 
 Commands:
 
-* ``demo``: train a RealNVP on two moons (float64, CPU) and compare its held-out NLL with a
-  full-covariance Gaussian fitted to the same training data; writes ``metrics.json`` (and
-  ``samples.png`` when matplotlib is installed) into ``--out``.
+* ``demo``: a RealNVP on 8 Gaussians (held-out NLL against the true density's) and a small Glow on
+  the 8×8 digits (held-out bits/dim against an independent-pixel baseline), with plots and
+  ``metrics.json`` (see :mod:`rawflow.demo`).
+* ``train``: NICE / RealNVP / Glow on a 2-D density, the digits, or the user's ``.npy``/``.npz``
+  arrays; checkpoints that resume bit for bit (see :mod:`rawflow.runs`).
+* ``sample``, ``interpolate``, ``eval``: use a trained run folder.
+* ``check``, ``vectors``, ``verify``, ``bench``: verification and benchmark tools with their own
+  parsers (delegated).
 
-Each command is a subparser with its own ``run`` function, so new commands (train, sample, eval)
-slot in beside it. Exit codes: 0 success, 1 a run that failed (e.g. diverged), 2 bad arguments.
+Exit codes: 0 success; 1 a run that failed (diverged, unusable checkpoint, a demo claim that did
+not hold); 2 bad arguments, config or data; 130 interrupted.
+
+BLAS threads: every command runs OpenBLAS single-threaded by default (``--threads``). The GEMMs
+of these models are small (batch 128 × 64 × 64, or Glow's 3×3 convolutions on 8×8 images); on a
+2-core machine shared with other work, multi-threaded OpenBLAS measured 26–84 ms per 2-D step
+(batch 256) and 840 ms per Glow step, against 2–4 ms and 24 ms single-threaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
-# Demo configuration: ~2–4 ms per step on 2 CPU cores. Batch 128 keeps every GEMM (128×64 by 64×64)
-# under OpenBLAS's threading threshold: at batch 256 a busy 2-core machine measured 26–84 ms per
-# step from contended BLAS threads, against 2–4 ms single-threaded.
-DEMO = dict(n_train=20000, n_test=5000, n_couplings=8, hidden=(64, 64), batch_size=128, lr=1e-3, steps=10000)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+# ------------------------------------------------------------------------------ argument types
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -34,6 +41,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
 
 
@@ -47,39 +64,185 @@ def _seed(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive layer widths such as 64,64, got {text!r}")
+    return sizes
+
+
+# ------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="rawflow",
         description="Exact, from-scratch flow models (NICE, RealNVP, Glow) with hand-written gradients.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"rawflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo",
-        help="train a RealNVP on two moons and compare with a Gaussian baseline",
-        description="Train a RealNVP (8 affine couplings, 64-64 ReLU conditioners, float64) on the "
-        "two-moons density; print held-out NLLs of the flow and of a full-covariance Gaussian.",
-    )
-    demo.add_argument("--out", default="rawflow-demo", metavar="DIR", help="output folder (default: %(default)s)")
-    demo.add_argument("--steps", type=_positive_int, default=DEMO["steps"], metavar="N",
-                      help="optimiser steps (default: %(default)s)")
-    demo.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default: %(default)s)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(run=run_demo)
-
+    _add_demo(commands)
+    _add_train(commands)
+    _add_sample(commands)
+    _add_interpolate(commands)
+    _add_eval(commands)
     # Commands with their own argument parsers: listed here for --help, dispatched in main().
     for name, text in DELEGATED_HELP.items():
         commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="BLAS threads (default: %(default)s; these models' small GEMMs run fastest on one)")
+
+
+def _add_demo(commands) -> None:
+    p = commands.add_parser(
+        "demo", help="train a RealNVP on 8 Gaussians and a Glow on the 8×8 digits; plots and metrics",
+        description="Train (a) a RealNVP on the 8-Gaussians density and compare its held-out NLL with the true "
+        "density's on the same points, and (b) a small Glow on the 8×8 digits (17 grey levels, uniformly "
+        "dequantised) and compare its held-out bits/dim with an independent-pixel baseline. Writes PNG plots, "
+        "metrics.json and the two run folders (usable with sample/interpolate/eval) into --out. "
+        "About 3 minutes on 2 CPU cores.",
+    )
+    p.add_argument("--out", default="rawflow-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny version (seconds; for tests, results not checked)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(p)
+    p.set_defaults(handler=run_demo)
+
+
+def _add_train(commands) -> None:
+    from .datasets import DATASETS
+
+    p = commands.add_parser(
+        "train", help="train NICE, RealNVP or Glow on a 2-D density, the digits or your .npy/.npz data",
+        description="Train a flow and write config.json, checkpoint.npz (resumable bit for bit), metrics.json "
+        "and loss.png into --out. Data: a 2-D density (" + ", ".join(sorted(DATASETS)) + "), 'digits' "
+        "(8×8, shipped with scikit-learn), or a .npy/.npz file holding (N, D) floats or (N, C, H, W) / "
+        "(N, H, W) integer images (dequantised). Unset options take defaults that depend on the model "
+        "and data; with --resume they come from the run's config.json.",
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--model", choices=("nice", "realnvp", "glow"), help="architecture (glow: images only)")
+    g.add_argument("--data", metavar="NAME|PATH", help="dataset name or .npy/.npz file")
+    g.add_argument("--data-key", metavar="KEY", help="array name inside a .npz with several arrays")
+    g.add_argument("--n-samples", type=_positive_int, metavar="N", help="points drawn from a 2-D density (default 25000)")
+    g.add_argument("--couplings", type=_positive_int, metavar="N", help="nice/realnvp (vectors): coupling layers")
+    g.add_argument("--hidden", type=_hidden, metavar="W,W", help="nice/realnvp (vectors), nice (images): MLP widths")
+    g.add_argument("--scale", choices=("exp", "bounded", "sigmoid"), help="affine couplings' scale map")
+    g.add_argument("--activation", choices=("relu", "tanh", "leaky_relu"), help="MLP activation (vectors)")
+    g.add_argument("--K", type=_positive_int, metavar="K", help="glow: steps of flow per level")
+    g.add_argument("--L", type=_positive_int, metavar="L", help="glow, realnvp (images): levels")
+    g.add_argument("--width", type=_positive_int, metavar="C", help="glow, realnvp (images): conditioner channels")
+    g.add_argument("--coupling", choices=("affine", "additive"), help="glow: coupling type")
+    g.add_argument("--permutation", choices=("lu", "dense", "reverse", "shuffle"), help="glow: channel mixing")
+    g.add_argument("--no-learn-top", dest="learn_top", action="store_const", const=False,
+                   help="glow: no learned top prior")
+    g.add_argument("--blocks", type=_positive_int, metavar="B", help="realnvp (images): residual blocks")
+    g.add_argument("--preprocess", choices=("center", "logit"),
+                   help="images: x − ½ (glow, nice default) or a logit layer (realnvp default)")
+    g.add_argument("--logit-alpha", type=float, metavar="A", help="images: logit's α (default 0.05)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("adam", "adamax", "sgd"), help="default adam")
+    g.add_argument("--lr", type=_positive_float, metavar="LR", help="learning rate (adam 1e-3, adamax 2e-3, sgd 1e-2)")
+    g.add_argument("--momentum", type=_fraction, metavar="M", help="sgd momentum (default 0.9)")
+    g.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default constant)")
+    g.add_argument("--warmup", type=_nonneg_int, metavar="N", help="linear warm-up steps (default 0)")
+    g.add_argument("--batch-size", type=_positive_int, metavar="B", help="default 128")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="optimiser steps (default 2000)")
+    g.add_argument("--clip", type=_positive_float, metavar="NORM", help="clip the global gradient norm")
+    g = p.add_argument_group("run")
+    g.add_argument("--backend", choices=("reference", "numba", "auto"), help="coupling kernels (default reference)")
+    g.add_argument("--device", choices=("cpu", "gpu"), help="gpu: CuPy arrays (default cpu)")
+    g.add_argument("--dtype", choices=("float32", "float64"), help="default float64")
+    g.add_argument("--seed", type=_seed, metavar="S", help="default 0")
+    g.add_argument("--val-fraction", type=_fraction, metavar="F", help="validation split (default 0.1)")
+    g.add_argument("--test-fraction", type=_fraction, metavar="F", help="held-out test split (default 0.1)")
+    g.add_argument("--eval-every", type=_positive_int, metavar="N", help="validation every N steps (default steps/20)")
+    g.add_argument("--patience", type=_positive_int, metavar="P",
+                   help="stop after P validations without improvement (default: never)")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="default: --eval-every")
+    g.add_argument("--out", default="rawflow-run", metavar="DIR", help="run folder (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(g)
+    p.set_defaults(handler=run_train)
+
+
+def _add_sample(commands) -> None:
+    p = commands.add_parser("sample", help="draw samples from a trained run (PNG or NPZ)",
+                            description="Draw samples x = f⁻¹(z), z ~ N(0, T²I), from a trained run.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train or demo")
+    p.add_argument("--n", type=_positive_int, default=64, metavar="N", help="samples (default: %(default)s)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
+                   help="prior temperature (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default: %(default)s")
+    p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/samples.png)")
+    _common(p)
+    p.set_defaults(handler=run_sample)
+
+
+def _add_interpolate(commands) -> None:
+    p = commands.add_parser("interpolate", help="decode a straight line in latent space between held-out inputs",
+                            description="Encode pairs of held-out inputs (test split), decode the straight line "
+                            "between their latents and draw the frames (images) or paths (vectors).")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train or demo")
+    p.add_argument("--steps", type=_positive_int, default=8, metavar="S", help="frames per pair, ≥ 2 (default: %(default)s)")
+    p.add_argument("--pairs", type=_positive_int, default=4, metavar="M",
+                   help="pairs (0,1), (2,3), … of the test split (default: %(default)s)")
+    p.add_argument("--index", type=_nonneg_int, nargs=2, metavar=("I", "J"),
+                   help="interpolate between test inputs I and J instead")
+    p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/interpolation.png)")
+    _common(p)
+    p.set_defaults(handler=run_interpolate)
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser("eval", help="held-out NLL (and bits/dim for images) of a trained run",
+                            description="Mean NLL (nats per example) of a run's best parameters on its held-out "
+                            "test split, another split, or other data; bits/dim and the independent-pixel "
+                            "baseline for images; the Gaussian baseline (and the true NLL for 8 Gaussians) for vectors.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train or demo")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="default: %(default)s")
+    p.add_argument("--data", metavar="NAME|PATH", help="evaluate on all of this data instead of a split")
+    p.add_argument("--data-key", metavar="KEY", help="array name inside a .npz with several arrays")
+    p.add_argument("--n", type=_positive_int, default=5000, metavar="N", help="--data NAME (2-D): points drawn")
+    p.add_argument("--seed", type=_seed, default=12345, metavar="S", help="--data: seed for drawing/dequantising")
+    _common(p)
+    p.set_defaults(handler=run_eval)
+
+
 DELEGATED_HELP = {
     "check": "check built-in layers (or a family/case) against complex-step and difference oracles",
     "vectors": "export or verify golden vectors: 'rawflow vectors export|verify DIR'",
     "verify": "compare rawflow with a PyTorch peer (nflows, normflows, zuko, FrEIA) in float64",
+    "bench": "benchmarks against the implementations users would pick instead: 'rawflow bench --help'",
 }
 
 
@@ -96,101 +259,354 @@ def _delegated(name: str):
         from .interop import run_verify_cli
 
         return run_verify_cli
+    if name == "bench":
+        try:
+            from .benchmarks import main as run_bench
+        except ImportError:
+            def run_bench(argv):
+                _err("bench", "the benchmarks are not installed with this rawflow (reinstall: pip install -e .), "
+                              "or run 'python -m benchmarks' from a checkout")
+                return EXIT_USAGE
+        return run_bench
     return None
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from . import __version__
-    from .architectures import realnvp
-    from .datasets import two_moons
-    from .model import FlowModel
-    from .optim import Adam
-    from .priors import StandardNormal
-    from .training import TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+# ------------------------------------------------------------------------------------ helpers
+def _err(command: str, message: str) -> None:
+    print(f"rawflow {command}: error: {message}", file=sys.stderr)
 
-    out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        print(f"rawflow demo: --out {out!r} exists and is not a folder", file=sys.stderr)
-        return 2
-    os.makedirs(out, exist_ok=True)
 
-    cfg = DEMO
-    rng = np.random.default_rng(args.seed)
-    data = two_moons(cfg["n_train"] + cfg["n_test"], rng)
-    train_x, test_x = data[: cfg["n_train"]], data[cfg["n_train"]:]
-    model = FlowModel(realnvp(2, cfg["n_couplings"], cfg["hidden"]), StandardNormal((2,)))
-    params = model.init(rng, train_x[: cfg["batch_size"]])
-    steps, lr = args.steps, cfg["lr"]
-
-    def schedule(t: int) -> float:  # cosine decay to zero over the run
-        return lr * 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
-
-    if not args.quiet:
-        print(f"rawflow demo: RealNVP ({cfg['n_couplings']} affine couplings, "
-              f"{'-'.join(map(str, cfg['hidden']))} ReLU) on two moons, {steps} steps, seed {args.seed}")
-    start = time.perf_counter()
+@contextlib.contextmanager
+def _blas_threads(n: int):
     try:
-        params, _, losses = train(model, params, train_x, Adam(schedule), steps, cfg["batch_size"], rng,
-                                  progress=not args.quiet)
-    except TrainingDiverged as err:
-        print(f"rawflow demo: {err}", file=sys.stderr)
-        return 1
-    train_time = time.perf_counter() - start
-
-    metrics = {
-        "dataset": "two_moons",
-        "n_train": cfg["n_train"],
-        "n_test": cfg["n_test"],
-        "model": {"architecture": "realnvp", "n_couplings": cfg["n_couplings"], "hidden": list(cfg["hidden"]),
-                  "scale": "exp", "activation": "relu", "prior": "StandardNormal"},
-        "dtype": "float64",
-        "steps": steps,
-        "batch_size": cfg["batch_size"],
-        "lr": lr,
-        "lr_schedule": "cosine",
-        "seed": args.seed,
-        "test_nll": evaluate_nll(model, params, test_x),
-        "train_nll": evaluate_nll(model, params, train_x),
-        "gaussian_test_nll": gaussian_baseline_nll(train_x, test_x),
-        "final_batch_loss": float(losses[-1]),
-        "train_time_s": train_time,
-        "rawflow_version": __version__,
-    }
-    written = [os.path.join(out, "metrics.json")]
-    png = _plot(model, params, test_x, rng, os.path.join(out, "samples.png"))
-    if png:
-        written.append(png)
-    with open(written[0], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-
-    print(f"held-out NLL (nats/sample): RealNVP {metrics['test_nll']:.4f}, "
-          f"full-covariance Gaussian {metrics['gaussian_test_nll']:.4f}")
-    print(f"trained in {train_time:.1f} s; wrote {', '.join(written)}")
-    return 0
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn's dependency; without it OpenBLAS keeps its own default
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
-def _plot(model, params, test_x, rng, path: str) -> str | None:
-    """Scatter held-out data next to model samples; ``None`` when matplotlib is missing."""
+def _have_matplotlib(command: str) -> bool:
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
-        return None
-    samples = model.sample(params, rng, test_x.shape[0])
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    for ax, pts, title in ((axes[0], test_x, "held-out data"), (axes[1], samples, "RealNVP samples")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
-        ax.set_title(title)
-        ax.set_aspect("equal")
-    lo, hi = np.percentile(test_x, [0.5, 99.5], axis=0)
-    pad = 0.25 * (hi - lo)
-    axes[0].set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-    axes[0].set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-    fig.savefig(path, dpi=100)
-    return path
+        _err(command, "plots need matplotlib: pip install 'rawflow[demo]' (or write .npz with --out FILE.npz)")
+        return False
+    return True
 
 
+def _folder_for_output(command: str, path: str) -> bool:
+    if os.path.exists(path) and not os.path.isdir(path):
+        _err(command, f"--out {path!r} exists and is not a folder")
+        return False
+    return True
+
+
+def _output_kind(command: str, path: str | None) -> str | None:
+    """``".png"`` or ``".npz"`` (``None`` = the default PNG in the run folder), or ``""`` after an error."""
+    if path is None:
+        return ".png"
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".png", ".npz"):
+        _err(command, f"--out must end in .png or .npz, got {path!r}")
+        return ""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        _err(command, f"--out: folder {parent} does not exist")
+        return ""
+    return ext
+
+
+def _summary(metrics: dict) -> str:
+    if "test_bits_per_dim" in metrics:
+        return (f"held-out test: {metrics['test_bits_per_dim']:.4f} bits/dim (NLL {metrics['test_nll']:.4f} nats); "
+                f"independent-pixel baseline {metrics['test_baseline_bits_per_dim']:.4f} bits/dim")
+    if "test_nll" in metrics:
+        text = f"held-out test NLL {metrics['test_nll']:.4f} nats; full-covariance Gaussian {metrics['test_gaussian_nll']:.4f}"
+        if "test_true_nll" in metrics:
+            text += f"; true density {metrics['test_true_nll']:.4f}"
+        return text
+    return "no test split (--test-fraction 0); see metrics.json"
+
+
+# --------------------------------------------------------------------------------------- train
+OPTION_KEYS = ("data_key", "n_samples", "val_fraction", "test_fraction", "preprocess", "logit_alpha", "optimizer",
+               "lr", "momentum", "schedule", "warmup", "batch_size", "steps", "clip", "backend", "device", "dtype",
+               "seed", "eval_every", "patience", "checkpoint_every")
+ARCH_OPTIONS = {"couplings": "n_couplings", "hidden": "hidden", "scale": "scale", "activation": "activation",
+                "K": "K", "L": "L", "width": "width", "coupling": "coupling", "permutation": "permutation",
+                "learn_top": "learn_top", "blocks": "blocks"}
+
+
+def _train_options(args) -> dict:
+    options = {k: getattr(args, k) for k in OPTION_KEYS}
+    options["model"], options["data"] = args.model, args.data
+    options["arch"] = {key: getattr(args, opt) for opt, key in ARCH_OPTIONS.items() if getattr(args, opt) is not None}
+    return options
+
+
+def _flag(key: str) -> str:
+    inverse = {v: k for k, v in ARCH_OPTIONS.items()}
+    name = inverse.get(key, key)
+    return "--no-learn-top" if name == "learn_top" else "--" + name.replace("_", "-")
+
+
+def _resume_config(args) -> dict:
+    """The saved config, after checking the command line does not contradict it."""
+    from .runs import RESUMABLE_CHANGES, RunError, read_config
+
+    cfg = read_config(args.out)
+    options = _train_options(args)
+    given = {k: v for k, v in options.items() if k != "arch" and v is not None}
+    if given.get("data") is not None and given["data"] not in (cfg["data"], os.path.basename(cfg["data"])) \
+            and os.path.abspath(given["data"]) != cfg["data"]:
+        raise RunError(f"--data {given['data']} differs from the run's data {cfg['data']}")
+    given.pop("data", None)
+    conflicts = [f"{_flag(k)} {v} (run has {cfg.get(k)})" for k, v in given.items()
+                 if cfg.get(k) != v and k not in RESUMABLE_CHANGES]
+    conflicts += [f"{_flag(k)} {v} (run has {cfg['arch'].get(k)})" for k, v in options["arch"].items()
+                  if cfg["arch"].get(k) != v]
+    if conflicts:
+        raise RunError("--resume continues the saved run; these options contradict its config.json: "
+                       + "; ".join(conflicts))
+    if args.steps is not None and args.steps != cfg["steps"]:
+        if cfg["schedule"] == "cosine":
+            raise RunError(f"--steps {args.steps}: the run's cosine schedule is tied to its {cfg['steps']} steps")
+        cfg["steps"] = args.steps
+    if args.checkpoint_every is not None:
+        cfg["checkpoint_every"] = args.checkpoint_every
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .runs import CHECKPOINT, RunDiverged, RunError, make_config, run_training
+
+    if not _folder_for_output("train", args.out):
+        return EXIT_USAGE
+    try:
+        if args.resume:
+            if not os.path.isfile(os.path.join(args.out, CHECKPOINT)):
+                raise RunError(f"--resume: no {CHECKPOINT} in {args.out}")
+            cfg = _resume_config(args)
+        else:
+            if args.model is None or args.data is None:
+                raise RunError("--model and --data are required (unless --resume)")
+            if os.path.exists(os.path.join(args.out, CHECKPOINT)):
+                raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
+            cfg = make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()})
+    except (RunError, ImportError) as exc:  # ImportError: the digits need scikit-learn
+        _err("train", str(exc))
+        return EXIT_USAGE
+    except CheckpointError as exc:
+        _err("train", str(exc))
+        return EXIT_FAILED
+    if not args.quiet:
+        arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
+        print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
+              f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
+              f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']} → {args.out}")
+    try:
+        with _blas_threads(args.threads):
+            metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    except RunDiverged as exc:
+        _err("train", str(exc))
+        return EXIT_FAILED
+    except CheckpointError as exc:
+        _err("train", f"{exc}; refusing to resume from it")
+        return EXIT_FAILED
+    except RunError as exc:
+        _err("train", str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("train", f"interrupted; the last checkpoint in {args.out} is intact (continue with --resume)")
+        return EXIT_INTERRUPTED
+    print(_summary(metrics))
+    if not args.quiet:
+        print(f"wrote {args.out}/config.json, checkpoint.npz, metrics.json, loss.png")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ sample / interpolate
+def _load_run(command: str, run_dir: str):
+    """``(params, model, cfg, step)``, or an exit code after printing why the run cannot be used."""
+    from .checkpoint import CheckpointError
+    from .runs import RunError, load_params
+
+    try:
+        return load_params(run_dir)
+    except CheckpointError as exc:
+        _err(command, str(exc))
+        return EXIT_FAILED
+    except RunError as exc:
+        _err(command, str(exc))
+        return EXIT_USAGE
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    ext = _output_kind("sample", args.out)
+    if not ext or (ext == ".png" and not _have_matplotlib("sample")):
+        return EXIT_USAGE
+    out = args.out or os.path.join(args.run, "samples.png")
+    with _blas_threads(args.threads):
+        loaded = _load_run("sample", args.run)
+        if isinstance(loaded, int):
+            return loaded
+        params, model, cfg, step = loaded
+        from ._array import to_numpy
+        from .runs import quantize
+
+        rng = np.random.default_rng(args.seed)
+        x = model.sample(params, rng, args.n, temperature=args.temperature)
+        if not np.isfinite(to_numpy(x)).all():
+            _err("sample", "the model produced non-finite samples (try a lower --temperature)")
+            return EXIT_FAILED
+        images = cfg["kind"] == "image"
+        if ext == ".npz":
+            arrays = {"samples": to_numpy(x)}
+            if images:
+                arrays["pixels"] = quantize(cfg, x)
+            np.savez(out, **arrays)
+        else:
+            from . import plots
+
+            title = f"{cfg['model']} on {os.path.basename(cfg['data'])}, step {step}, T = {args.temperature:g}"
+            if images:
+                pixels = quantize(cfg, x) / (cfg["n_bins"] - 1)
+                plots.sample_grids(out, {f"{args.n} samples": pixels}, ncol=int(math.ceil(math.sqrt(args.n))),
+                                   title=title)
+            else:
+                from .runs import load_data
+
+                plots.scatter(out, {"test data": load_data(cfg).test, "samples": to_numpy(x)}, title=title)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    if args.steps < 2:
+        _err("interpolate", "--steps must be at least 2")
+        return EXIT_USAGE
+    ext = _output_kind("interpolate", args.out)
+    if not ext or (ext == ".png" and not _have_matplotlib("interpolate")):
+        return EXIT_USAGE
+    out = args.out or os.path.join(args.run, "interpolation.png")
+    with _blas_threads(args.threads):
+        loaded = _load_run("interpolate", args.run)
+        if isinstance(loaded, int):
+            return loaded
+        params, model, cfg, step = loaded
+        from ._array import to_numpy
+        from .runs import RunError, device_namespace, eval_inputs, load_data, quantize
+
+        try:
+            data = load_data(cfg)
+        except RunError as exc:
+            _err("interpolate", str(exc))
+            return EXIT_USAGE
+        n = len(data.test)
+        if args.index is not None:
+            first, second = [args.index[0]], [args.index[1]]
+        else:
+            first, second = list(range(0, 2 * args.pairs, 2)), list(range(1, 2 * args.pairs, 2))
+        if max(first + second) >= n:
+            _err("interpolate", f"the test split has {n} inputs; indices up to {max(first + second)} asked for")
+            return EXIT_USAGE
+        x = eval_inputs(cfg, data, "test", device_namespace(cfg["device"]))
+        frames = to_numpy(model.interpolate(params, x[first], x[second], args.steps))  # (S, M, *event)
+        if ext == ".npz":
+            arrays = {"frames": frames, "index_a": np.asarray(first), "index_b": np.asarray(second)}
+            if cfg["kind"] == "image":
+                arrays["pixels"] = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+            np.savez(out, **arrays)
+        else:
+            from . import plots
+
+            if cfg["kind"] == "image":
+                pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+                plots.interpolation_strip(out, pixels / (cfg["n_bins"] - 1))
+            else:
+                plots.paths_2d(out, data.test, frames)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    with _blas_threads(args.threads):
+        loaded = _load_run("eval", args.run)
+        if isinstance(loaded, int):
+            return loaded
+        params, model, cfg, step = loaded
+        from .runs import RunError, device_namespace, held_out_metrics, load_data
+
+        try:
+            data = load_data(cfg)
+            split = args.split
+            if args.data is not None:
+                data, split = _other_data(cfg, args, data), "test"
+        except RunError as exc:
+            _err("eval", str(exc))
+            return EXIT_USAGE
+        if len(getattr(data, split)) == 0:
+            _err("eval", f"the run has no {split} split")
+            return EXIT_USAGE
+        xp = device_namespace(cfg["device"])
+        eval_cfg = dict(cfg, seed=args.seed) if args.data is not None else cfg
+        metrics = held_out_metrics(eval_cfg, model, params, data, split, xp, prefix="")
+    report = {"run": args.run, "step": step, "data": args.data or cfg["data"],
+              "split": split if args.data is None else "all", **metrics}
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _other_data(cfg: dict, args, run_data):
+    """All of ``--data`` as the test split of a :class:`~rawflow.runs.Data` shaped like the run's."""
+    from .datasets import DATASETS, make_2d
+    from .runs import Data, RunError, read_array
+
+    shape = tuple(cfg["event_shape"])
+    name = args.data
+    if name in DATASETS:
+        x = make_2d(name, args.n, np.random.default_rng(args.seed))
+    elif name == "digits":
+        from .images import digits
+
+        x = digits()[0]
+    else:
+        x = read_array(name, args.data_key)
+        if cfg["kind"] == "image" and x.ndim == 3:
+            x = x[:, None]
+    if tuple(x.shape[1:]) != shape:
+        raise RunError(f"--data {name}: examples of shape {tuple(x.shape[1:])}, the run models {shape}")
+    if cfg["kind"] == "image":
+        if x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= cfg["n_bins"]:
+            raise RunError(f"--data {name}: need integer pixels in [0, {cfg['n_bins'] - 1}]")
+        x = x.astype(np.int64)
+    else:
+        x = x.astype(np.float64)
+    empty = x[:0]
+    return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"])
+
+
+# ---------------------------------------------------------------------------------------- demo
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    if not _folder_for_output("demo", args.out) or not _have_matplotlib("demo"):
+        return EXIT_USAGE
+    try:
+        with _blas_threads(args.threads):
+            return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
+    except KeyboardInterrupt:
+        _err("demo", "interrupted")
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED_HELP:
@@ -200,8 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         print("\nrawflow: error: a command is required (e.g. 'rawflow demo')", file=sys.stderr)
-        return 2
-    return args.run(args)
+        return EXIT_USAGE
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 ``train`` draws mini-batches without replacement from a fresh permutation each epoch (the last
 incomplete batch of an epoch is dropped), so the whole run is a function of ``rng``, the data and
 the initial parameters: the same inputs give bitwise-identical losses and parameters.
+
+Resuming: the only state besides ``params`` / ``opt_state`` is the generator's state
+(``rng.bit_generator.state``, a JSON-able dict) and the :class:`EpochLoader`'s position in the
+current epoch's permutation (``order``, ``pos``). Saving those between two ``train`` calls and
+restoring them continues the run bit for bit (``rawflow.runs`` does this through checkpoints), so
+one call of ``N`` steps equals any split of it into consecutive calls sharing a loader.
 """
 
 from __future__ import annotations
@@ -21,9 +27,41 @@ from .optim import Optimizer, clip_grad_norm, global_norm
 class TrainingDiverged(FloatingPointError):
     """The loss or gradient became NaN/Inf. Carries the last finite state for inspection."""
 
-    def __init__(self, message: str, step: int, losses: np.ndarray, params: dict, opt_state: dict):
+    def __init__(self, message: str, step: int, losses: np.ndarray, params: dict, opt_state: dict,
+                 loss: float = math.nan, grad_norm: float = math.nan):
         super().__init__(message)
         self.step, self.losses, self.params, self.opt_state = step, losses, params, opt_state
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+class EpochLoader:
+    """Mini-batch row indices: a fresh ``rng.permutation(n)`` per epoch, batches taken in order,
+    the last incomplete batch of an epoch dropped.
+
+    ``order`` (the current epoch's permutation, ``None`` before the first) and ``pos`` (the next
+    row of it) are the whole state; ``EpochLoader(n, batch_size, order, pos)`` restores one.
+    """
+
+    def __init__(self, n: int, batch_size: int, order: np.ndarray | None = None, pos: int | None = None):
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or not 1 <= batch_size <= n:
+            raise ValueError(f"train: batch_size must be an integer in [1, {n}] (the data size), got {batch_size!r}")
+        self.n, self.batch_size = int(n), int(batch_size)
+        if order is not None:
+            order = np.asarray(order)
+            if order.shape != (self.n,) or not np.array_equal(np.sort(order), np.arange(self.n)):
+                raise ValueError(f"EpochLoader: order must be a permutation of range({self.n})")
+            if pos is None or not 0 <= int(pos) <= self.n:
+                raise ValueError(f"EpochLoader: pos must lie in [0, {self.n}], got {pos!r}")
+        self.order = order
+        self.pos = self.n if order is None else int(pos)
+
+    def next(self, rng: np.random.Generator) -> np.ndarray:
+        """The next batch's row indices (drawing a new permutation from ``rng`` when one is due)."""
+        if self.pos + self.batch_size > self.n:
+            self.order, self.pos = rng.permutation(self.n), 0
+        rows = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return rows
 
 
 def train(
@@ -39,32 +77,37 @@ def train(
     max_grad_norm: float | None = None,
     callback: Callable[[int, float], None] | None = None,
     progress: bool = False,
+    loader: EpochLoader | None = None,
+    batch_fn: Callable[[Array, np.random.Generator], Array] | None = None,
 ) -> tuple[dict, dict, np.ndarray]:
     """Minimise the mean NLL for ``steps`` optimiser steps; returns ``(params, opt_state, losses)``.
 
     ``losses[t]`` is the mini-batch NLL *before* update ``t + 1``. ``max_grad_norm`` clips the
-    global gradient norm; ``callback(step, loss)`` runs after every step (1-based step);
-    ``progress`` shows a tqdm bar when tqdm is installed. A NaN/Inf loss or gradient stops the
-    run with :class:`TrainingDiverged`, which holds the parameters from before the failing step.
+    global gradient norm; ``callback(step, loss)`` runs after every step (1-based step of this
+    call); ``progress`` shows a tqdm bar when tqdm is installed. ``loader`` continues a previous
+    call's epoch (it advances in place; default: a fresh one). ``batch_fn(rows, rng)`` turns the
+    selected data rows into the batch, e.g. dequantising integer images with fresh noise each
+    time (default: the rows themselves). A NaN/Inf loss or gradient stops the run with
+    :class:`TrainingDiverged`, which holds the parameters from before the failing step.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
     n = data.shape[0]
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or not 1 <= batch_size <= n:
-        raise ValueError(f"train: batch_size must be an integer in [1, {n}] (the data size), got {batch_size!r}")
-    steps, batch_size = int(steps), int(batch_size)
+    if loader is None:
+        loader = EpochLoader(n, batch_size)
+    elif loader.n != n or loader.batch_size != batch_size:
+        raise ValueError(f"train: the loader serves {loader.n} rows in batches of {loader.batch_size}, "
+                         f"not {n} rows in batches of {batch_size}")
+    steps = int(steps)
     if opt_state is None:
         opt_state = optimizer.init(params)
     xp = namespace(data)
     losses = np.empty(steps)
-    order, pos = None, n
     bar = _progress(steps) if progress else None
     try:
         for t in range(steps):
-            if pos + batch_size > n:
-                order, pos = rng.permutation(n), 0
-            batch = data[xp.asarray(order[pos:pos + batch_size])]
-            pos += batch_size
+            rows = data[xp.asarray(loader.next(rng))]
+            batch = rows if batch_fn is None else batch_fn(rows, rng)
             loss, grads = model.nll_and_grad(params, batch)
             if max_grad_norm is not None:
                 grads, norm = clip_grad_norm(grads, max_grad_norm)
@@ -75,7 +118,7 @@ def train(
                     f"train: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
                     f"{t + 1} (loss {loss}, gradient norm {norm}); try a smaller learning rate, "
                     "max_grad_norm, or a bounded scale map",
-                    t + 1, losses[:t].copy(), params, opt_state,
+                    t + 1, losses[:t].copy(), params, opt_state, loss, norm,
                 )
             params, opt_state = optimizer.update(params, grads, opt_state)
             losses[t] = loss

@@ -15,13 +15,13 @@ from rawflow.datasets import two_moons
 from rawflow.model import FlowModel
 from rawflow.optim import SGD, Adam
 from rawflow.priors import StandardNormal
-from rawflow.training import TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+from rawflow.training import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
 
 def small_setup(seed=0, n=512):
     rng = np.random.default_rng(seed)
     data = two_moons(n, rng)
-    # batch 128 × hidden 32 keeps every GEMM single-threaded in OpenBLAS (see rawflow.cli.DEMO).
+    # Tiny GEMMs (batch ≤ 128 × hidden 16) stay under OpenBLAS's threading threshold (see rawflow.cli).
     model = FlowModel(realnvp(2, 2, hidden=(16,)), StandardNormal((2,)))
     return model, model.init(rng, data[:64]), data, rng
 
@@ -143,3 +143,56 @@ def test_nice_trains_too():
     before = model.nll(params, data)
     params, _, _ = train(model, params, data, Adam(3e-3), 300, 64, rng)
     assert model.nll(params, data) < before - 0.1
+
+
+def test_a_run_split_into_calls_sharing_a_loader_equals_one_call():
+    """Continuing with the same loader and generator reproduces one uninterrupted call bit for bit,
+    across epoch boundaries (512 rows / batch 96: a new permutation every 5 steps)."""
+    model, params, data, rng = small_setup()
+    p1, s1, l1 = train(model, params, data, Adam(3e-3), 13, 96, rng)
+    model, params, data, rng = small_setup()
+    loader = EpochLoader(len(data), 96)
+    losses = []
+    for steps in (4, 1, 8):
+        params, state, part = train(model, params, data, Adam(3e-3), steps, 96, rng,
+                                    opt_state=None if not losses else state, loader=loader)
+        losses.extend(part)
+    assert np.array_equal(l1, np.array(losses))
+    for (_, a), (_, b) in zip(tree.leaves(p1), tree.leaves(params)):
+        assert np.array_equal(a, b)
+
+
+def test_loader_state_restores_from_order_and_position():
+    rng = np.random.default_rng(0)
+    loader = EpochLoader(10, 3)
+    first = [loader.next(rng) for _ in range(2)]
+    clone = EpochLoader(10, 3, loader.order.copy(), loader.pos)
+    state = copy.deepcopy(rng.bit_generator.state)
+    ahead = [loader.next(rng) for _ in range(5)]
+    rng2 = np.random.default_rng()
+    rng2.bit_generator.state = state
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, [clone.next(rng2) for _ in range(5)]))
+    assert not np.array_equal(first[0], first[1])
+    with pytest.raises(ValueError, match="permutation"):
+        EpochLoader(10, 3, np.zeros(10, dtype=int), 0)
+    with pytest.raises(ValueError, match="pos"):
+        EpochLoader(10, 3, np.arange(10), 11)
+
+
+def test_batch_fn_builds_each_batch_from_the_rows_and_the_generator():
+    model, params, data, rng = small_setup()
+    seen = []
+
+    def jitter(rows, gen):
+        seen.append(rows.shape)
+        return rows + 0.01 * gen.standard_normal(rows.shape)
+
+    _, _, losses = train(model, params, data, Adam(1e-3), 3, 64, rng, batch_fn=jitter)
+    assert seen == [(64, 2)] * 3 and np.all(np.isfinite(losses))
+
+
+def test_divergence_reports_the_loss_and_gradient_norm():
+    model, params, data, rng = small_setup()
+    with pytest.raises(TrainingDiverged) as info:
+        train(NaNAtStep(model, 2), params, data, Adam(1e-3), 5, 32, rng)
+    assert math.isnan(info.value.loss) and math.isfinite(info.value.grad_norm)

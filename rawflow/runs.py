@@ -1,0 +1,764 @@
+"""Training runs: a JSON config → data, model and optimiser; checkpoints that resume bit for bit.
+
+A run lives in one folder::
+
+    config.json      the run's configuration (everything needed to rebuild data, model, optimiser)
+    checkpoint.npz   parameters, optimiser state, best-validation parameters, loss history,
+                     the epoch loader's permutation, and (in the JSON manifest) the generator's
+                     ``bit_generator.state``, the loader position and the early-stopping state
+    metrics.json     held-out results of the finished run (NLL; bits/dim and the independent-pixel
+                     baseline for images; the Gaussian baseline, and the true NLL where known, for vectors)
+    loss.png         the training curve (when matplotlib is installed)
+
+Determinism: the data split and the evaluation noise come from generators seeded by
+``(seed, purpose)``; initialisation, batch order and training dequantisation noise from one
+generator ``default_rng([seed, SEED_TRAIN])`` whose state is checkpointed with everything else. A run resumed
+from any checkpoint therefore continues the uninterrupted run's loss trajectory bit for bit (same
+machine and BLAS). A NaN/Inf loss raises :class:`RunDiverged` *before* anything is written, so
+the last good checkpoint stays as it was.
+
+Data: 2-D densities by name (:data:`rawflow.datasets.DATASETS`), ``"digits"``, or a ``.npy`` /
+``.npz`` file of ``(N, D)`` floats (vectors) or ``(N, C, H, W)`` / ``(N, H, W)`` integers (images,
+dequantised ``(v + u)/n_bins`` with fresh noise for every training batch and fixed noise for
+validation/test). Image inputs are centred (``x − ½``, volume-preserving) or passed through a
+:class:`~rawflow.logit.Logit` layer that is part of the model, so NLLs and bits/dim always refer
+to the dequantised data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from . import tree as _tree
+from ._array import to_numpy
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import DATASETS, eight_gaussians_log_prob, make_2d
+from .model import FlowModel
+from .training import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+RUN_FORMAT = "rawflow-run"
+
+MODELS = ("nice", "realnvp", "glow")
+OPTIMIZERS = ("adam", "adamax", "sgd")
+BACKENDS = ("reference", "numba", "auto")
+DTYPES = ("float32", "float64")
+
+# Architecture defaults per (model, data kind); the CLI's options override single entries.
+ARCH_DEFAULTS = {
+    ("realnvp", "vector"): {"n_couplings": 8, "hidden": [64, 64], "scale": "exp", "activation": "relu"},
+    ("nice", "vector"): {"n_couplings": 4, "hidden": [64, 64], "activation": "relu"},
+    ("glow", "image"): {"K": 4, "L": 2, "width": 32, "coupling": "affine", "permutation": "lu",
+                        "scale": "sigmoid", "learn_top": True},
+    ("realnvp", "image"): {"L": 2, "width": 32, "blocks": 2, "scale": "exp"},
+    ("nice", "image"): {"n_couplings": 4, "hidden": [256, 256]},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "n_samples": 25000,        # 2-D densities: points generated (then split)
+    "data_key": None,          # .npz: which array
+    "val_fraction": 0.1,
+    "test_fraction": 0.1,
+    "preprocess": None,        # images: "center" (glow, nice) or "logit" (realnvp) when None
+    "logit_alpha": 0.05,
+    "optimizer": "adam",
+    "lr": None,                # adam 1e-3, adamax 2e-3, sgd 1e-2
+    "momentum": 0.9,           # sgd only
+    "schedule": "constant",    # or "cosine" (to zero at `steps`)
+    "warmup": 0,               # linear warm-up steps
+    "batch_size": 128,
+    "steps": 2000,
+    "clip": None,              # max global gradient norm
+    "backend": "reference",
+    "device": "cpu",
+    "dtype": "float64",
+    "seed": 0,
+    "eval_every": None,        # default: steps // 20 (at least 1)
+    "patience": None,          # early stopping after this many evaluations without improvement
+    "checkpoint_every": None,  # default: eval_every
+    "init_batch": 512,         # rows for data-dependent initialisation (ActNorm)
+}
+# Generators are seeded by (seed, purpose), so each purpose draws an independent stream.
+SEED_DATA, SEED_SPLIT, SEED_EVAL_NOISE, SEED_TRAIN = 0, 1, 2, 3
+# Settings that may change when a run is resumed (they do not alter the trajectory so far).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+class RunError(ValueError):
+    """A run folder, config or data source that cannot be used; the message says why."""
+
+
+class RunDiverged(RuntimeError):
+    """Training hit a NaN/Inf; nothing was written after the last good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class Data:
+    """A split data set. ``kind`` is ``"vector"`` (float rows) or ``"image"`` (integer pixels)."""
+
+    name: str
+    kind: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    event_shape: tuple
+    n_bins: int | None = None
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.event_shape)
+
+
+def _split(x: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    order = np.random.default_rng([cfg["seed"], SEED_SPLIT]).permutation(n)
+    n_val = _split_size(n, cfg["val_fraction"])
+    n_test = _split_size(n, cfg["test_fraction"])
+    n_train = n - n_val - n_test
+    if n_train < max(2, cfg["batch_size"]):
+        raise RunError(f"data: {n} rows leave {n_train} for training after the validation/test splits; "
+                       f"need at least the batch size ({cfg['batch_size']}; choose a smaller one)")
+    x = x[order]
+    return x[:n_train], x[n_train:n_train + n_val], x[n_train + n_val:]
+
+
+def _split_size(n: int, fraction: float) -> int:
+    return 0 if fraction == 0 else max(1, int(round(n * fraction)))
+
+
+def read_array(path: str, key: str | None) -> np.ndarray:
+    """The array in a ``.npy`` file, or the one named ``key`` (or the only one) in a ``.npz``; no pickle."""
+    if not os.path.isfile(path):
+        raise RunError(f"data: no such file {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise RunError(f"data: cannot read {path} ({type(exc).__name__}: {exc})") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = loaded.files
+            if key is None:
+                if len(names) != 1:
+                    raise RunError(f"data: {path} holds arrays {names}; choose one with --data-key")
+                key = names[0]
+            if key not in names:
+                raise RunError(f"data: {path} has no array {key!r} (it has {names})")
+            return loaded[key]
+    return loaded
+
+
+def load_data(cfg: dict) -> Data:
+    """The run's data, split into train / validation / test as the config says."""
+    name = cfg["data"]
+    if name in DATASETS:
+        x = make_2d(name, cfg["n_samples"], np.random.default_rng([cfg["seed"], SEED_DATA]))
+        return Data(name, "vector", *_split(x, cfg), event_shape=(2,))
+    if name == "digits":
+        from .images import digits
+
+        images, n_bins = digits()
+        return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=n_bins)
+    if not name.endswith((".npy", ".npz")):
+        raise RunError(f"data: {name!r} is neither a dataset ({', '.join(sorted(DATASETS))}, digits) "
+                       "nor a .npy/.npz file")
+    x = read_array(name, cfg.get("data_key"))
+    if x.dtype.kind in "iu" and x.ndim in (3, 4):
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.size == 0 or x.min() < 0:
+            raise RunError(f"data: {name}: pixel values must be non-negative integers")
+        n_bins = 2 ** max(1, math.ceil(math.log2(int(x.max()) + 1)))
+        return Data(name, "image", *_split(x.astype(np.int64), cfg), event_shape=tuple(x.shape[1:]), n_bins=n_bins)
+    if x.dtype.kind == "f" and x.ndim == 2:
+        if x.shape[1] < 2:
+            raise RunError(f"data: {name}: vectors need at least 2 features, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise RunError(f"data: {name} contains NaN or Inf")
+        return Data(name, "vector", *_split(x.astype(np.float64), cfg), event_shape=(x.shape[1],))
+    raise RunError(f"data: {name}: expected (N, D) floats or (N, C, H, W) / (N, H, W) integer images, "
+                   f"got {x.dtype} array of shape {x.shape}")
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def preprocess(cfg: dict) -> str | None:
+    if cfg["kind"] != "image":
+        return None
+    if cfg["preprocess"] is not None:
+        return cfg["preprocess"]
+    return "logit" if cfg["model"] == "realnvp" else "center"
+
+
+def to_model_space(cfg: dict, x: np.ndarray) -> np.ndarray:
+    """Dequantised pixels in ``[0, 1)`` → the model's input (centred; logit is inside the model)."""
+    return x - 0.5 if preprocess(cfg) == "center" else x
+
+
+def from_model_space(cfg: dict, x):
+    """The model's input space → dequantised pixels ``[0, 1)`` (inverse of :func:`to_model_space`)."""
+    return x + 0.5 if preprocess(cfg) == "center" else x
+
+
+def quantize(cfg: dict, x) -> np.ndarray:
+    """Model-space images → integer pixel values ``0 … n_bins − 1`` (clipped)."""
+    u = to_numpy(from_model_space(cfg, x))
+    return np.clip(np.floor(u * cfg["n_bins"]), 0, cfg["n_bins"] - 1).astype(np.int64)
+
+
+def eval_inputs(cfg: dict, data: Data, split: str, xp=np):
+    """Model inputs for a split (``"train"``, ``"val"``, ``"test"``): images dequantised with noise
+    fixed by the seed and the split, so every evaluation of a run sees the same inputs."""
+    from .images import dequantize
+
+    x = getattr(data, split)
+    if data.kind == "vector":
+        return xp.asarray(x.astype(cfg["dtype"]))
+    rng = np.random.default_rng([cfg["seed"], SEED_EVAL_NOISE, ("train", "val", "test").index(split)])
+    return xp.asarray(to_model_space(cfg, dequantize(x, data.n_bins, rng, cfg["dtype"])))
+
+
+# --------------------------------------------------------------------------------------- model
+def device_namespace(device: str):
+    """``numpy`` for ``"cpu"``; ``cupy`` for ``"gpu"``, or :class:`RunError` saying what is missing."""
+    if device == "cpu":
+        return np
+    if device != "gpu":
+        raise RunError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        raise RunError(f"--device gpu needs CuPy and a CUDA GPU (pip install 'rawflow[cuda]'); "
+                       f"importing cupy failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise RunError(f"--device gpu: CuPy finds no usable CUDA device ({type(exc).__name__}: {exc})") from exc
+    if count < 1:
+        raise RunError("--device gpu: CuPy finds no CUDA device")
+    return cupy
+
+
+def _set_backend(bijector, backend: str) -> None:
+    """Give every coupling transform and ActNorm in ``bijector`` the kernel ``backend``.
+
+    Used where an architecture function takes no ``backend=`` argument; it runs right after
+    construction, before any parameter exists, so it is part of building the layers.
+    """
+    for child in getattr(bijector, "layers", []) + getattr(bijector, "levels", []):
+        _set_backend(child, backend)
+    transform = getattr(bijector, "transform", None)
+    if transform is not None and hasattr(transform, "backend"):
+        transform.backend = backend
+    if hasattr(bijector, "backend") and type(bijector).__name__ == "ActNorm":
+        bijector.backend = backend
+
+
+def _build(fn: Callable, backend: str, *args, **kwargs):
+    if "backend" in inspect.signature(fn).parameters:
+        return fn(*args, backend=backend, **kwargs)
+    flow = fn(*args, **kwargs)
+    if backend != "reference":
+        _set_backend(flow, backend)
+    return flow
+
+
+def build_model(cfg: dict) -> FlowModel:
+    """The run's :class:`FlowModel` (deterministic: fixed buffers come from the config)."""
+    try:
+        return _build_model(cfg)
+    except RunError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RunError(f"cannot build the model from the config ({type(exc).__name__}: {exc})") from exc
+
+
+def _build_model(cfg: dict) -> FlowModel:
+    from . import architectures as arch
+    from .chain import Chain
+    from .priors import StandardNormal
+
+    a, model, kind, backend = cfg["arch"], cfg["model"], cfg["kind"], cfg["backend"]
+    shape = tuple(cfg["event_shape"])
+    if kind == "vector":
+        d = shape[0]
+        if model == "realnvp":
+            flow = _build(arch.realnvp, backend, d, a["n_couplings"], tuple(a["hidden"]), a["scale"], a["activation"])
+        elif model == "nice":
+            flow = _build(arch.nice, backend, d, a["n_couplings"], tuple(a["hidden"]), a["activation"])
+        else:
+            raise RunError(f"model {model!r} needs image data (N, C, H, W); {cfg['data']} holds vectors")
+    else:
+        if model == "glow":
+            flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
+                          permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"])
+        elif model == "realnvp":
+            flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
+                          scale=a["scale"])
+        else:
+            flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
+        if preprocess(cfg) == "logit":
+            from .logit import Logit
+
+            flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
+    return FlowModel(flow, StandardNormal((math.prod(shape),)))
+
+
+def make_optimizer(cfg: dict):
+    from .optim import SGD, Adam, Adamax
+
+    lr0, steps, warmup, cosine = cfg["lr"], cfg["steps"], cfg["warmup"], cfg["schedule"] == "cosine"
+
+    def lr(t: int) -> float:  # t: 1-based step
+        factor = min(1.0, t / warmup) if warmup else 1.0
+        if cosine:
+            factor *= 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
+        return lr0 * factor
+
+    if cfg["optimizer"] == "adam":
+        return Adam(lr)
+    if cfg["optimizer"] == "adamax":
+        return Adamax(lr)
+    return SGD(lr, momentum=cfg["momentum"])
+
+
+# -------------------------------------------------------------------------------------- config
+def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
+    """A complete run config from user options (``None`` = default), validated; data inspected.
+
+    ``options`` holds ``model``, ``data`` and any of :data:`DEFAULTS`, plus ``arch`` (a dict of
+    architecture overrides). Raises :class:`RunError` with a readable message, naming architecture
+    keys as ``flags`` maps them (e.g. ``{"n_couplings": "--couplings"}``).
+    """
+    flags = flags or {}
+    cfg = {k: (options[k] if options.get(k) is not None else v) for k, v in DEFAULTS.items()}
+    cfg["model"], cfg["data"] = options["model"], options["data"]
+    if cfg["model"] not in MODELS:
+        raise RunError(f"model must be one of {', '.join(MODELS)}, got {cfg['model']!r}")
+    for key, allowed in (("optimizer", OPTIMIZERS), ("backend", BACKENDS), ("dtype", DTYPES),
+                         ("schedule", ("constant", "cosine")), ("device", ("cpu", "gpu"))):
+        if cfg[key] not in allowed:
+            raise RunError(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg["preprocess"] not in (None, "center", "logit"):
+        raise RunError(f"preprocess must be 'center' or 'logit', got {cfg['preprocess']!r}")
+    if not (0 <= cfg["val_fraction"] < 1 and 0 <= cfg["test_fraction"] < 1
+            and cfg["val_fraction"] + cfg["test_fraction"] < 1):
+        raise RunError("val/test fractions must lie in [0, 1) and sum to less than 1")
+    if cfg["backend"] == "numba" and cfg["device"] == "gpu":
+        raise RunError("backend numba runs on the CPU; use --backend auto (or reference) with --device gpu")
+    if cfg["patience"] is not None and cfg["val_fraction"] == 0:
+        raise RunError("early stopping (patience) needs a validation split (val fraction > 0)")
+    if not 0 <= cfg["logit_alpha"] < 0.5:
+        raise RunError(f"logit alpha must lie in [0, 0.5), got {cfg['logit_alpha']}")
+    if cfg["lr"] is None:
+        cfg["lr"] = {"adam": 1e-3, "adamax": 2e-3, "sgd": 1e-2}[cfg["optimizer"]]
+    if not (cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
+        raise RunError(f"lr must be positive and finite, got {cfg['lr']}")
+    if cfg["clip"] is not None and not (cfg["clip"] > 0 and math.isfinite(cfg["clip"])):
+        raise RunError(f"clip must be positive and finite, got {cfg['clip']}")
+    if not 0 <= cfg["momentum"] < 1:
+        raise RunError(f"momentum must lie in [0, 1), got {cfg['momentum']}")
+    if cfg["eval_every"] is None:
+        cfg["eval_every"] = max(1, cfg["steps"] // 20)
+    if cfg["checkpoint_every"] is None:
+        cfg["checkpoint_every"] = cfg["eval_every"]
+    name = cfg["data"]
+    if name not in DATASETS and name != "digits":
+        cfg["data"] = name = os.path.abspath(name)
+    data = load_data(cfg)
+    cfg["kind"], cfg["event_shape"], cfg["n_bins"] = data.kind, list(data.event_shape), data.n_bins
+    cfg["split_sizes"] = [len(data.train), len(data.val), len(data.test)]
+    if name.endswith((".npy", ".npz")):
+        cfg["data_sha256"] = file_digest(name)
+    key = (cfg["model"], data.kind)
+    if key not in ARCH_DEFAULTS:
+        raise RunError(f"model {cfg['model']!r} needs image data (N, C, H, W); {name} holds vectors")
+    arch = dict(ARCH_DEFAULTS[key])
+    unknown = set(options.get("arch") or {}) - set(arch)
+    if unknown:
+        raise RunError(f"{', '.join(flags.get(k, k) for k in sorted(unknown))} do(es) not apply to {cfg['model']} "
+                       f"on {data.kind} data (it takes {', '.join(flags.get(k, k) for k in sorted(arch))})")
+    arch.update(options.get("arch") or {})
+    cfg["arch"] = arch
+    if cfg["preprocess"] is not None and data.kind != "image":
+        raise RunError("preprocess applies to image data only")
+    cfg["format"], cfg["rawflow_version"] = RUN_FORMAT, __version__
+    build_model(cfg)
+    return cfg
+
+
+def _json_safe(obj):
+    """Non-finite floats become ``null`` (strict JSON has no NaN/Infinity)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Atomic, strict JSON write (temporary file, then rename); NaN/Inf are written as ``null``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.isfile(path):
+        raise RunError(f"{run_dir}: not a rawflow run folder (no {CONFIG})")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        raise RunError(f"{path}: not a rawflow run config")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run needs to continue: saved and restored by :func:`save_state`/:func:`load_state`."""
+
+    step: int
+    params: dict
+    opt_state: dict
+    rng: np.random.Generator
+    loader: EpochLoader
+    losses: list
+    val_steps: list
+    val_nll: list
+    best: dict | None = None
+    best_val: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped: str | None = None
+
+
+def _to_host(t: dict) -> dict:
+    return _tree.map(to_numpy, t)
+
+
+def save_state(path: str, cfg: dict, st: TrainState) -> None:
+    trees = {
+        "params": _to_host(st.params),
+        "optimizer": _to_host(st.opt_state),
+        "history": {"loss": np.asarray(st.losses, dtype=np.float64),
+                    "val_step": np.asarray(st.val_steps, dtype=np.int64),
+                    "val_nll": np.asarray(st.val_nll, dtype=np.float64)},
+    }
+    if st.best is not None:
+        trees["best"] = _to_host(st.best)
+    if st.loader.order is not None:
+        trees["loader"] = {"order": np.asarray(st.loader.order, dtype=np.int64)}
+    meta = {"run": cfg, "rng": st.rng.bit_generator.state, "loader_pos": st.loader.pos,
+            "best_val": st.best_val, "best_step": st.best_step, "bad_evals": st.bad_evals, "stopped": st.stopped}
+    save_checkpoint(path, trees, meta, st.step)
+
+
+def _same_run(saved: dict, cfg: dict) -> list[str]:
+    keys = (set(saved) | set(cfg)) - set(RESUMABLE_CHANGES) - {"rawflow_version"}
+    return sorted(k for k in keys if saved.get(k) != cfg.get(k))
+
+
+def load_state(path: str, cfg: dict, model: FlowModel, xp=np) -> TrainState:
+    """Read a training checkpoint, check it belongs to this run and model; arrays go to ``xp``."""
+    ck = load_checkpoint(path)
+    meta = ck["config"]
+    missing = [s for s in ("params", "optimizer", "history") if s not in ck]
+    if missing or not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or "rng" not in meta:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint "
+                              f"(missing {', '.join(missing) or 'the run state'})")
+    differ = _same_run(meta["run"], cfg)
+    if differ:
+        raise CheckpointError(f"checkpoint {path}: written by a different run configuration "
+                              f"(differs in {', '.join(differ)})")
+    reference = reference_params(cfg, model, xp)
+    try:
+        params = _checked(path, "params", ck["params"], reference, xp)
+        best = _checked(path, "best", ck["best"], reference, xp) if "best" in ck else None
+        opt = ck["optimizer"]
+        slots = make_optimizer(cfg).init(reference)
+        if set(opt) != set(slots):
+            raise CheckpointError(f"checkpoint {path}: optimiser state has {sorted(opt)}, "
+                                  f"{cfg['optimizer']} needs {sorted(slots)}")
+        opt_state = {k: _checked(path, f"optimizer/{k}", v, reference, xp) for k, v in opt.items() if k != "step"}
+        opt_state["step"] = np.asarray(opt["step"], dtype=np.int64)
+        if opt_state["step"].shape != () or int(opt_state["step"]) != ck["step"]:
+            raise CheckpointError(f"checkpoint {path}: optimiser step does not match the checkpoint step")
+        history = ck["history"]
+        losses = [float(v) for v in history["loss"]]
+        if len(losses) != ck["step"]:
+            raise CheckpointError(f"checkpoint {path}: {len(losses)} losses recorded for step {ck['step']}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng"]
+        order = ck["loader"]["order"] if "loader" in ck else None
+        loader = EpochLoader(int(cfg["split_sizes"][0]), cfg["batch_size"], order,
+                             meta["loader_pos"] if order is not None else None)
+        return TrainState(
+            step=int(ck["step"]), params=params, opt_state=opt_state, rng=rng, loader=loader, losses=losses,
+            val_steps=[int(v) for v in history["val_step"]], val_nll=[float(v) for v in history["val_nll"]],
+            best=best, best_val=meta["best_val"], best_step=int(meta["best_step"]),
+            bad_evals=int(meta["bad_evals"]), stopped=meta["stopped"],
+        )
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: inconsistent training state ({type(exc).__name__}: {exc})") from exc
+
+
+def reference_params(cfg: dict, model: FlowModel, xp=np) -> dict:
+    """Parameters initialised on a small synthetic batch: the structure and dtypes a checkpoint must have."""
+    shape = (4, *cfg["event_shape"])
+    # Values in [0.25, 0.75) are valid inputs in every model space (centred images, logit, vectors).
+    x = np.random.default_rng(0).uniform(0.25, 0.75, size=shape).astype(cfg["dtype"])
+    return model.init(np.random.default_rng(0), xp.asarray(x))
+
+
+def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
+    """``(params, model, cfg, step)`` of a run: the best-validation parameters and their step when
+    the run validates, else the latest."""
+    cfg = read_config(run_dir)
+    xp = device_namespace(cfg["device"]) if xp is None else xp
+    model = build_model(cfg)
+    path = os.path.join(run_dir, CHECKPOINT)
+    ck = load_checkpoint(path)
+    meta = ck["config"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or _same_run(meta["run"], cfg):
+        raise CheckpointError(f"checkpoint {path}: does not belong to the run described by {CONFIG}")
+    section = "best" if "best" in ck else "params"
+    if section not in ck:
+        raise CheckpointError(f"checkpoint {path}: holds no parameters")
+    params = _checked(path, section, ck[section], reference_params(cfg, model, xp), xp)
+    step = meta.get("best_step") if section == "best" else ck["step"]
+    return params, model, cfg, int(step if isinstance(step, int) else ck["step"])
+
+
+def _checked(path: str, name: str, t: dict, reference: dict, xp) -> dict:
+    """``t`` moved to ``xp`` after checking it has ``reference``'s leaves, shapes and dtypes."""
+    want = {p: (tuple(a.shape), np.dtype(a.dtype).str) for p, a in _tree.leaves(reference)}
+    have = {p: (tuple(a.shape), a.dtype.str) for p, a in _tree.leaves(t)}
+    if have != want:
+        diff = sorted(set(have.items()) ^ set(want.items()))[:2]
+        raise CheckpointError(f"checkpoint {path}: '{name}' does not match the model (e.g. {diff})")
+    return _shaped_like(reference, t, xp)
+
+
+def _shaped_like(reference: dict, t: dict, xp) -> dict:
+    """``t``'s leaves in ``reference``'s tree, restoring empty subtrees (a file stores leaves only)."""
+    return {k: _shaped_like(v, t.get(k, {}), xp) if isinstance(v, dict) else xp.asarray(t[k])
+            for k, v in reference.items()}
+
+
+# ------------------------------------------------------------------------------------ training
+def _host_batches(cfg: dict, data: Data, xp):
+    """``(train_array, batch_fn)`` for :func:`rawflow.training.train`."""
+    if data.kind == "vector":
+        return xp.asarray(data.train.astype(cfg["dtype"])), None
+    from .images import dequantize
+
+    def batch_fn(rows, rng):  # fresh dequantisation noise every batch, drawn from the run's generator
+        return xp.asarray(to_model_space(cfg, dequantize(rows, data.n_bins, rng, cfg["dtype"])))
+
+    return data.train, batch_fn
+
+
+def init_state(cfg: dict, model: FlowModel, data: Data, xp=np) -> TrainState:
+    rng = np.random.default_rng([cfg["seed"], SEED_TRAIN])
+    train_x, batch_fn = _host_batches(cfg, data, xp)
+    n = min(cfg["init_batch"], len(data.train))
+    first = train_x[:n] if batch_fn is None else batch_fn(data.train[:n], rng)
+    params = model.init(rng, first)
+    return TrainState(step=0, params=params, opt_state=make_optimizer(cfg).init(params), rng=rng,
+                      loader=EpochLoader(len(data.train), cfg["batch_size"]), losses=[], val_steps=[], val_nll=[])
+
+
+def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, split: str = "test", xp=np,
+                     prefix: str | None = None) -> dict:
+    """NLL (nats per example) on a split, with bits/dim and baselines where they apply.
+
+    Keys are prefixed with ``prefix`` (default ``"<split>_"``): ``nll``, ``n``; images add
+    ``bits_per_dim`` and ``baseline_bits_per_dim`` (independent pixels fitted to the training split);
+    vectors add ``gaussian_nll`` (full-covariance Gaussian fitted to the training split) and, for
+    8 Gaussians, ``true_nll`` (the closed-form density on the same points).
+    """
+    rows = getattr(data, split)
+    if len(rows) == 0:
+        return {}
+    p = f"{split}_" if prefix is None else prefix
+    nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024)
+    out: dict[str, Any] = {f"{p}nll": nll, f"{p}n": int(len(rows))}
+    if data.kind == "image":
+        from .images import bits_per_dim, independent_pixel_baseline
+
+        out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
+        out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
+    else:
+        out[f"{p}gaussian_nll"] = gaussian_baseline_nll(data.train, rows)
+        if data.name == "eight_gaussians":
+            out[f"{p}true_nll"] = float(-eight_gaussians_log_prob(rows).mean())
+    return out
+
+
+def run_training(
+    cfg: dict,
+    out: str,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    desc: str = "train",
+    hook: Callable[[int, float], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (or resume) the run in ``out``; returns its metrics (also written to ``metrics.json``).
+
+    ``hook(step, loss)`` runs after every optimiser step (global 1-based step). Raises
+    :class:`RunDiverged` on a NaN/Inf loss (no file is written after the last good checkpoint),
+    :class:`~rawflow.checkpoint.CheckpointError` for an unusable checkpoint, :class:`RunError`.
+    """
+    import time
+
+    xp = device_namespace(cfg["device"])
+    data = load_data(cfg)
+    if [len(data.train), len(data.val), len(data.test)] != cfg["split_sizes"]:
+        raise RunError(f"data {cfg['data']}: split sizes changed since the run started")
+    if cfg.get("data_sha256") and file_digest(cfg["data"]) != cfg["data_sha256"]:
+        raise RunError(f"data {cfg['data']}: the file changed since the run started (SHA-256 differs)")
+    model = build_model(cfg)
+    ckpt = os.path.join(out, CHECKPOINT)
+    os.makedirs(out, exist_ok=True)
+    if resume:
+        st = load_state(ckpt, cfg, model, xp)
+        if not quiet:
+            log(f"resuming {out} at step {st.step}")
+    else:
+        st = init_state(cfg, model, data, xp)
+    write_json(os.path.join(out, CONFIG), cfg)
+
+    optimizer = make_optimizer(cfg)
+    train_x, batch_fn = _host_batches(cfg, data, xp)
+    val_x = eval_inputs(cfg, data, "val", xp) if len(data.val) else None
+    steps, every_eval, every_ckpt = cfg["steps"], cfg["eval_every"], cfg["checkpoint_every"]
+    bar = _bar(steps, st.step, desc) if not quiet else None
+    start, first_step = time.perf_counter(), st.step
+
+    def on_step(t: int, loss: float) -> None:  # t counts from 1 within each train() call
+        if bar is not None:
+            bar.update(1)
+            if t % 10 == 1:
+                bar.set_postfix_str(f"loss {loss:.4f}" + (f", val {st.val_nll[-1]:.4f}" if st.val_nll else ""))
+        if hook is not None:
+            hook(st.step + t, loss)
+
+    try:
+        # Overflow warnings are noise here: a NaN/Inf loss is caught and reported as RunDiverged.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while st.step < steps and st.stopped is None:
+                target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
+                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt)
+                if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
+                    _evaluate(cfg, model, st, val_x)
+                if st.step % every_ckpt == 0 or st.step == steps or st.stopped is not None:
+                    save_state(ckpt, cfg, st)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    if st.stopped and not quiet:
+        log(st.stopped)
+    final = st.best if st.best is not None else st.params
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        held_out = held_out_metrics(cfg, model, final, data, "test", xp)
+    metrics = {
+        "model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
+        "best_step": st.best_step if st.best is not None else st.step,
+        "stopped": st.stopped, "final_batch_loss": st.losses[-1] if st.losses else None,
+        "best_val_nll": st.best_val, **held_out,
+        "started_at_step": first_step, "train_time_s": elapsed,
+        "rawflow_version": __version__,
+    }
+    write_json(os.path.join(out, METRICS), metrics)
+    try:
+        from .plots import loss_curve
+
+        loss_curve(os.path.join(out, "loss.png"), st.losses, st.val_steps, st.val_nll)
+    except ImportError:
+        pass
+    return metrics
+
+
+def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str) -> None:
+    """Train from ``st.step`` to ``target`` and update ``st``; :class:`RunDiverged` leaves ``st`` as it was."""
+    try:
+        params, opt_state, losses = train(
+            model, st.params, train_x, optimizer, target - st.step, cfg["batch_size"], st.rng,
+            opt_state=st.opt_state, max_grad_norm=cfg["clip"], callback=on_step, loader=st.loader,
+            batch_fn=batch_fn,
+        )
+    except TrainingDiverged as err:
+        what = "loss" if not math.isfinite(err.loss) else "gradient"
+        last = f"{ckpt}, step {_saved_step(ckpt)}" if os.path.isfile(ckpt) else "none written yet"
+        raise RunDiverged(
+            f"non-finite {what} at step {st.step + err.step} (loss {err.loss}, gradient norm {err.grad_norm}); "
+            f"training stopped and nothing was written after the last good checkpoint ({last}). "
+            "Try a smaller --lr, --clip or --scale bounded.") from err
+    st.params, st.opt_state, st.step = params, opt_state, target
+    st.losses.extend(float(v) for v in losses)
+
+
+def _saved_step(path: str) -> str:
+    try:
+        return str(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return "?"
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x) -> None:
+    nll = evaluate_nll(model, st.params, val_x, batch_size=1024)
+    st.val_steps.append(st.step)
+    st.val_nll.append(nll)
+    if not math.isfinite(nll):
+        st.bad_evals += 1
+    elif st.best_val is None or nll < st.best_val:
+        st.best, st.best_val, st.best_step, st.bad_evals = st.params, nll, st.step, 0
+    else:
+        st.bad_evals += 1
+    patience = cfg["patience"]
+    if patience is not None and st.bad_evals >= patience and st.step < cfg["steps"]:
+        st.stopped = (f"early stopping at step {st.step}: validation NLL has not improved for {patience} "
+                      f"evaluations (best {st.best_val:.4f} at step {st.best_step})")
+
+
+def _bar(total: int, initial: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
