@@ -24,6 +24,7 @@ Updates at step ``t`` with gradient ``g`` (defaults as in the papers / PyTorch):
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
@@ -56,7 +57,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
     return grads, norm
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base class: step counting, learning-rate schedules and structure checks."""
 
     def __init__(self, lr: LearningRate):
@@ -99,8 +100,9 @@ class Optimizer:
     def _slots(self) -> tuple[str, ...]:
         return ()
 
+    @abstractmethod
     def _update(self, params, grads, state, t):
-        raise NotImplementedError
+        ...
 
 
 def _betas(name: str, betas) -> tuple[float, float]:

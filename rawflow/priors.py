@@ -27,6 +27,7 @@ All log-densities are analytic in ``z`` and the parameters (complex-step safe).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ from ._array import Array, namespace, softplus
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class Prior:
+class Prior(ABC):
     """Base class: validation and the sampling plumbing; subclasses provide the maths.
 
     Subclasses implement ``_log_prob(params, z) -> (lp, cache)`` with ``cache`` a tuple whose
@@ -118,15 +119,17 @@ class Prior:
     def _init(self, rng, z):
         return {}
 
+    @abstractmethod
     def _log_prob(self, params, z):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _backward(self, params, cache, glp):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _draw(self, rng, shape, temperature):
         """Host draw of the *standardised* variable, already scaled by the temperature."""
-        raise NotImplementedError
 
     def _finish(self, params, eps):
         """Map a standardised draw to the prior (location/scale for learned priors)."""
