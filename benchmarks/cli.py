@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="keep only implementations whose name contains one of these (the baseline always runs)")
     p.add_argument("--list", action="store_true", help="list suites, operations and registered implementations")
+    p.add_argument("--render", metavar="FILE.json",
+                   help="print (and with --markdown write) the tables of an earlier results file; runs nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     return p
@@ -127,12 +129,11 @@ def _header(name: str, ctx, rows, entry=None) -> str:
     return ", ".join(bits) + (" [QUICK: sizes too small to mean anything]" if o.quick else "")
 
 
-def _copy_line(ctx) -> str:
-    if not ctx.copy.results:
+def _copy_line(copies) -> str:
+    if not copies:
         return ""
     parts = []
-    for key in sorted(ctx.copy.results):
-        c = ctx.copy.results[key]
+    for c in sorted(copies, key=lambda c: c["bytes"]):
         by = ", ".join(f"{m} {v:.3g}" for m, v in c["by_method"].items())
         parts.append(f"{c['bytes'] / 2**20:.0f} MiB moved: {by} GB/s")
     return "copy bandwidth (same run; the better method is the %copy reference): " + "; ".join(parts)
@@ -146,6 +147,15 @@ def main(argv=None) -> int:
     _load_user(args)
     if args.list:
         print(list_all())
+        return 0
+    if args.render:
+        with open(args.render) as f:
+            results = json.load(f)
+        text = markdown_report(results)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        print(text)
         return 0
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -173,7 +183,6 @@ def main(argv=None) -> int:
               "(see benchmarks/runtime.py)", file=sys.stderr)
     results["meta"]["command"] = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     status = 0
-    tables = []
     t_start = time.perf_counter()
     for name in suites:
         mod = suite_module(name)
@@ -199,7 +208,7 @@ def main(argv=None) -> int:
             what = "skipped" if "skipped" in entry else "failed"
             text.append(f"suite {what}: {entry.get('skipped') or entry.get('error')}")
         if rows:
-            text.append(harness.format_table(rows))
+            text.append(harness.format_table(shown_rows(rows)))
         text += [f"note: {n}" for n in entry["notes"]]
         if hasattr(mod, "targets"):
             tg = mod.targets(rows, opts)
@@ -207,11 +216,10 @@ def main(argv=None) -> int:
             if tg:
                 text.append(format_targets(tg))
         print("\n".join(text) + "\n", flush=True)
-        tables.append((name, rows, entry))
-    line = _copy_line(ctx)
+    results["copy_bandwidth"] = list(ctx.copy.results.values())
+    line = _copy_line(results["copy_bandwidth"])
     if line:
         print(line)
-    results["copy_bandwidth"] = list(ctx.copy.results.values())
     results["seconds"] = time.perf_counter() - t_start
     if args.json:
         with open(args.json, "w") as f:
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
             f.write("\n")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown_report(results, tables, ctx))
+            f.write(markdown_report(results))
     return status
 
 
@@ -232,28 +240,44 @@ def format_targets(tg: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results: dict, tables, ctx) -> str:
+def markdown_report(results: dict) -> str:
+    """The tables of a results file (``--json``) as Markdown: what ``--markdown`` writes, and what
+    ``--render FILE.json`` re-creates later."""
     meta = results["meta"]
     v = meta["versions"]
+    load = meta.get("loadavg_start")
     out = [f"Measured {meta['date']} on {meta['cpu']} ({meta['usable_cpus']} usable CPUs, "
-           f"LLC {meta['last_level_cache_bytes'] / 2**20:.0f} MiB), Python {meta['python']}, "
-           + ", ".join(f"{k} {val}" for k, val in v.items() if val) + f"; commit {meta['git_commit']}.", ""]
-    line = _copy_line(ctx)
+           f"LLC {meta['last_level_cache_bytes'] / 2**20:.0f} MiB"
+           + (f", load average {load[0]:.1f} at the start" if load else "") + f"), Python {meta['python']}, "
+           + ", ".join(f"{k} {val}" for k, val in v.items() if val) + f"; commit {meta['git_commit']}; "
+           f"`{meta.get('command', '')}`.", ""]
+    line = _copy_line(results.get("copy_bandwidth", []))
     if line:
         out += [line, ""]
-    for name, rows, entry in tables:
+    for name, entry in results["suites"].items():
+        rows = shown_rows(harness.row_from_dict(d) for d in entry["rows"])
         out.append(f"### {name}")
         out.append("")
+        what = entry.get("skipped") or entry.get("error")
+        if what:
+            out += [f"suite {'skipped' if entry.get('skipped') else 'failed'}: {what}", ""]
         if rows:
-            out.append(harness.markdown_table(rows))
+            out += [harness.markdown_table(rows), ""]
+        notes = list(entry.get("notes", []))
+        if entry.get("loadavg_start") and entry.get("loadavg_end"):
+            notes.append(f"load average {entry['loadavg_start'][0]:.1f} → {entry['loadavg_end'][0]:.1f}, "
+                         f"{entry.get('seconds', 0):.0f} s")
+        out += [f"* {n}" for n in notes]
+        if notes:
             out.append("")
-        for n in entry["notes"]:
-            out.append(f"* {n}")
-        if entry["notes"]:
-            out.append("")
-    if results["targets"]:
+    if results.get("targets"):
         out.append(format_targets(results["targets"]))
     return "\n".join(out) + "\n"
+
+
+def shown_rows(rows) -> list:
+    """Rows for a table: all but the placeholders of rows not requested (kept in the JSON)."""
+    return [r for r in rows if not (r.status == "skipped" and r.note.startswith("torch.compile: fwd+bwd rows only"))]
 
 
 def _json_default(o):

@@ -434,11 +434,10 @@ def fill_derived(rows: Sequence[Row], baseline: str | None, copy: CopyBandwidth 
 def _fmt_time(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "—"
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} µs"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if s >= 0.9995 * scale:  # 999.7 µs prints as "1 ms", not "1e+03 µs"
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
 
 
 def _fmt(v, spec: str, suffix: str = "") -> str:
@@ -497,9 +496,20 @@ def format_table(rows: Sequence[Row]) -> str:
 def markdown_table(rows: Sequence[Row]) -> str:
     header, cells = _drop_empty(COLUMNS, [row_cells(r) for r in rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    prev = None
     for c in cells:
-        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in c) + " |")
+        shown = list(c)
+        if prev is not None and c[0] == prev[0]:
+            shown[0] = ""  # the case once per block
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in shown) + " |")
+        prev = c
     return "\n".join(lines)
+
+
+def row_from_dict(d: dict) -> Row:
+    """A :class:`Row` back from its ``as_dict`` (results files)."""
+    names = {f.name for f in Row.__dataclass_fields__.values()}
+    return Row(**{k: v for k, v in d.items() if k in names})
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -161,11 +161,13 @@ def _inputs_bytes(inputs) -> int:
 
 
 def input_sets(op: Operation, case, opts: Options, rng) -> list:
-    """Enough independent input sets that cycling through them spans ``2×`` the last-level cache."""
+    """Enough independent input sets that cycling through them spans ``4×`` the last-level cache
+    (counting the arrays the operation reads), at most 8."""
     first = op.make_inputs(case, np.dtype(opts.dtype), rng)
     if opts.quick:
         return [first]
-    n = max(1, min(8, math.ceil(2 * harness.last_level_cache_bytes() / max(_inputs_bytes(first), 1))))
+    need = 4 * harness.last_level_cache_bytes() / max(_inputs_bytes(op_args(op, first)), 1)
+    n = max(1, min(8, math.ceil(need)))
     return [first] + [op.make_inputs(case, np.dtype(opts.dtype), rng) for _ in range(n - 1)]
 
 

@@ -10,7 +10,8 @@ Implementations: ``numpy reference`` (:class:`rawflow.ActNorm`'s ``_forward``/``
 what a :class:`~rawflow.Chain` calls: the public methods add input validation), fused kernels
 when this checkout's ``ActNorm`` takes ``backend=`` (``rawflow numba (k thr)``), and the same maths
 in PyTorch (eager, ``torch.compile``) with autograd. Compulsory traffic: forward reads ``x`` and
-writes ``z`` (2 arrays), backward reads ``x`` (or ``z``) and ``gz`` and writes ``gx`` (3).
+writes ``z`` (2 arrays), backward reads ``x`` (or ``z``) and ``gz`` and writes ``gx`` (3), both
+together 4 (``x, gz`` read, ``z, gx`` written).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ BACKWARD = add_operation(Operation(
     _ref_backward, _nbytes(3), outputs=("gx", "gbias", "glog_scale")))
 BOTH = add_operation(Operation(
     "actnorm.fwd+bwd", NAME, "fn(x, bias, log_scale, gz, glogdet) -> (z, logdet, gx, gbias, glog_scale)", _inputs,
-    _ref_both, _nbytes(5), outputs=("z", "logdet", "gx", "gbias", "glog_scale"),
+    _ref_both, _nbytes(4), outputs=("z", "logdet", "gx", "gbias", "glog_scale"),
     parts=(("actnorm.forward", (0, 1, 2)), ("actnorm.backward", (0, 1, 2, 3, 4)))))
 OPERATIONS = [FORWARD, BACKWARD, BOTH]
 
@@ -177,6 +178,9 @@ def builtin(op: Operation, ctx: Context) -> list[Implementation]:
 
     impls.append(Implementation(op.name, f"torch eager ({threads} thr)", prepare=prepare_with(False), array="torch",
                                 kind="baseline", available=torch_impls.missing, note="autograd for gradients"))
+    if not (op.parts or ctx.opts.compile_all):
+        ctx.note(NAME, "torch.compile is timed on the fwd+bwd rows only (--compile-all for every operation)")
+        return impls
     impls.append(Implementation(op.name, f"torch.compile ({threads} thr)", prepare=prepare_with(True), array="torch",
                                 kind="baseline", available=lambda: torch_impls.missing() or ctx.compile_allowed(op)))
     return impls
