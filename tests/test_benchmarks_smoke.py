@@ -93,10 +93,13 @@ def test_operation_suites_report_bandwidth_and_memory(tmp_path):
 
 
 def test_markdown_and_list(tmp_path, capsys):
-    md = tmp_path / "tables.md"
-    assert B.main(["conv1x1", "--quick", "--quiet", "--no-torch", "--markdown", str(md)]) == 0
+    md, js = tmp_path / "tables.md", tmp_path / "r.json"
+    assert B.main(["conv1x1", "--quick", "--quiet", "--no-torch", "--markdown", str(md), "--json", str(js)]) == 0
     text = md.read_text()
-    assert "### conv1x1" in text and "| impl |" in text.replace("| case | op | impl |", "| impl |")
+    assert "### conv1x1" in text and "| case | op | impl |" in text
+    again = tmp_path / "again.md"
+    assert B.main(["--render", str(js), "--markdown", str(again)]) == 0  # tables back from the JSON
+    assert again.read_text() == text
     capsys.readouterr()
     assert B.main(["--list"]) == 0
     listed = capsys.readouterr().out
