@@ -159,22 +159,23 @@ class ChannelNorm:
         return gx, {"b": _channel_sum(gx), "logs": _channel_sum(gy * y)}
 
 
-class _ReLU:
-    """``max(x, 0)``, compared on the real part (complex-step safe off the kink)."""
+class Act:
+    """Elementwise activation as a parameter-free network layer (``init`` returns ``None``);
+    comparisons on the real part keep it complex-step safe off the kink."""
 
-    def __init__(self):
-        self._act = Activation("relu")
+    def __init__(self, name: str = "relu", slope: float = 0.01):
+        self.activation = Activation(name, slope)
 
     def init(self, rng, x):
         return None
 
     def apply(self, params, x):
-        y = self._act.apply(x)
+        y = self.activation.apply(x)
         return y, (x, y)
 
     def backward(self, params, cache, gy):
         x, y = cache
-        return gy * self._act.grad(x, y), None
+        return gy * self.activation.grad(x, y), None
 
 
 class _Sequential:
@@ -252,10 +253,10 @@ class GlowCNN(_Network):
         super().__init__([
             ("conv1", Conv2d(in_channels, width, kernel, bias=False, init="glow")),
             ("norm1", ChannelNorm(width)),
-            ("relu1", _ReLU()),
+            ("relu1", Act("relu")),
             ("conv2", Conv2d(width, width, 1, bias=False, init="glow")),
             ("norm2", ChannelNorm(width)),
-            ("relu2", _ReLU()),
+            ("relu2", Act("relu")),
             ("out", ZeroConv2d(width, out_channels, kernel)),
         ])
 
@@ -276,10 +277,10 @@ class ResNetCNN(_Network):
         self.in_features, self.out_features, self.width = int(in_channels), int(out_channels), int(width)
         residual = _Residual([
             ("norm1", ChannelNorm(width)),
-            ("relu1", _ReLU()),
+            ("relu1", Act("relu")),
             ("conv1", Conv2d(width, width, kernel)),
             ("norm2", ChannelNorm(width)),
-            ("relu2", _ReLU()),
+            ("relu2", Act("relu")),
             ("conv2", Conv2d(width, width, kernel)),
         ])
         body = _Sequential([(str(i), residual) for i in range(blocks)])
@@ -288,7 +289,7 @@ class ResNetCNN(_Network):
             layers.append(("blocks", body))
         layers += [
             ("norm", ChannelNorm(width)),
-            ("relu", _ReLU()),
+            ("relu", Act("relu")),
             ("out", Conv2d(width, out_channels, kernel, init="zeros")),
         ]
         super().__init__(layers)

@@ -31,25 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from .._array import Array, namespace
+from ..cnn import Act  # noqa: F401 - re-exported: the interop nets are built from it
 from ..nets import Activation
-
-
-class Act:
-    """Elementwise activation as a parameter-free network layer (``init`` returns ``None``)."""
-
-    def __init__(self, name: str = "relu", slope: float = 0.01):
-        self.activation = Activation(name, slope)
-
-    def init(self, rng, x):
-        return None
-
-    def apply(self, params, x):
-        y = self.activation.apply(x)
-        return y, (x, y)
-
-    def backward(self, params, cache, gy):
-        x, y = cache
-        return gy * self.activation.grad(x, y), None
 
 
 class Parallel:
