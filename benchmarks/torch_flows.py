@@ -49,7 +49,7 @@ def _net(net, p, x):
     import torch
     import torch.nn.functional as F
 
-    from rawflow.cnn import ChannelNorm, Conv2d, ZeroConv2d, _ReLU, _Residual, _Sequential
+    from rawflow.cnn import Act, ChannelNorm, Conv2d, ZeroConv2d, _Residual, _Sequential
     from rawflow.nets import MLP
 
     if isinstance(net, MLP):
@@ -67,7 +67,7 @@ def _net(net, p, x):
         return F.conv2d(x, p["w"], p["b"], padding=net.kernel // 2) * _view(torch.exp(net.logscale_factor * p["logs"]))
     if isinstance(net, ChannelNorm):
         return (x + _view(p["b"])) * _view(torch.exp(p["logs"]))
-    if isinstance(net, _ReLU):
+    if isinstance(net, Act) and net.activation.name == "relu":
         return torch.relu(x)
     if isinstance(net, _Sequential):
         y = x
