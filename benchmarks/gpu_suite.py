@@ -8,6 +8,9 @@ Implementations (each in its own try/except; what fails is reported, the rest st
 
 * ``cupy reference`` — :class:`rawflow.AffineTransform` on CuPy arrays (the reference path);
 * ``numba-cuda`` — :mod:`rawflow.kernels.cuda_coupling` (the project's numba-cuda kernels);
+* ``rawflow cuda-c`` — :mod:`rawflow.kernels.cuda_c_coupling` (the library's CUDA C kernels,
+  ``backend="cuda-c"``: 16-byte loads, compensated log-det through warp shuffles, no FMA
+  contraction of outputs, every dtype and scale map, plain cache policy);
 * ``cuda-c`` — the fused CUDA C pair in this file (``CUDA_SOURCE``), compiled by CuPy's
   ``RawModule``: one block per row, ``float4`` loads/stores with streaming cache hints, the
   log-det reduced per row in double (warp shuffles, then shared memory), deterministic;
@@ -58,7 +61,7 @@ DESIGN_SIZES = [(64, 3072), (256, 12288), (1024, 98304), (4096, 16384)]
 LARGER_SIZES = [(8192, 16384), (16384, 16384)]
 QUICK_SIZES = [(64, 3072), (256, 12288)]
 OPS = ("forward", "backward", "fwd+bwd")
-IMPLS = ("cupy reference", "numba-cuda", "cuda-c", "torch eager", "torch.compile")
+IMPLS = ("cupy reference", "numba-cuda", "rawflow cuda-c", "cuda-c", "torch eager", "torch.compile")
 ARRAYS = {"forward": 4, "backward": 6, "fwd+bwd": 8}
 SCALES = {"exp": 0, "bounded": 1, "sigmoid": 2}
 
@@ -423,6 +426,15 @@ class Runner:
             if op == "backward":
                 return lambda: K.affine_backward(x, h, gy, gl, scale)
             return lambda: K.affine_forward(x, h, scale) + K.affine_backward(x, h, gy, gl, scale)
+        if impl == "rawflow cuda-c":
+            from rawflow.kernels import cuda_c_coupling as K
+
+            kw = {"threads": self.args.threads}
+            if op == "forward":
+                return lambda: K.affine_forward(x, h, scale, **kw)
+            if op == "backward":
+                return lambda: K.affine_backward(x, h, gy, gl, scale, **kw)
+            return lambda: K.affine_forward(x, h, scale, **kw) + K.affine_backward(x, h, gy, gl, scale, **kw)
         if impl == "cuda-c":
             if x.dtype != cp.float32:
                 raise Skip("the CUDA C kernels are float32 only")
@@ -634,10 +646,11 @@ def ratios(rows):
 
 
 def targets(rows) -> list[dict]:
-    """Issue 5's GPU targets for the fused fwd+bwd of the best kernel (cuda-c or numba-cuda)."""
+    """Issue 5's GPU targets for the fused fwd+bwd of each kernel (the library's two, and this file's pair)."""
     out = []
-    fb = [r for r in rows if r["op"] == "fwd+bwd" and r["status"] == "ok" and r["impl"] in ("cuda-c", "numba-cuda")]
-    for impl in ("cuda-c", "numba-cuda"):
+    kernels = ("rawflow cuda-c", "numba-cuda", "cuda-c")
+    fb = [r for r in rows if r["op"] == "fwd+bwd" and r["status"] == "ok" and r["impl"] in kernels]
+    for impl in kernels:
         mine = [r for r in fb if r["impl"] == impl]
         big = [r for r in mine if r["elements"] >= 64 * 2**20]
         for r in big:

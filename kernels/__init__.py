@@ -4,11 +4,14 @@
   additive couplings (forward, inverse, both VJPs, fused log-det), parallel over rows.
 * :mod:`rawflow.kernels.cuda_coupling`: the numba-cuda twin for device arrays (imports
   ``numba.cuda``; import it explicitly: ``from rawflow.kernels import cuda_coupling``).
+* :mod:`rawflow.kernels.cuda_c_coupling`: the same kernels in CUDA C (``cuda_c_coupling.cu``),
+  compiled by NVRTC through CuPy's ``RawModule`` (16-byte loads, warp-shuffle log-det reduction).
+* :mod:`rawflow.kernels.cpu_actnorm` / :mod:`rawflow.kernels.cuda_actnorm`: fused ActNorm.
 * :mod:`rawflow.kernels.fastexp`: vectorisable ``exp``/``tanh``/``log1p`` for Numba CPU code.
 * :mod:`rawflow.kernels.dispatch`: what ``backend=`` on the transforms selects.
 
 The reference NumPy/CuPy path (:class:`rawflow.AffineTransform`) stays the default and the oracle;
-kernels are chosen explicitly (``backend="numba" | "cuda" | "auto"``), never by a global switch.
+kernels are chosen explicitly (``backend="numba" | "cuda" | "cuda-c" | "auto"``), never by a global switch.
 Numba is imported on first use of a kernel name, not by ``import rawflow``.
 """
 

@@ -3,13 +3,17 @@
 
 * ``"reference"`` (default): the NumPy/CuPy code in :mod:`rawflow.coupling`, the oracle.
 * ``"numba"``: :mod:`rawflow.kernels.cpu_coupling`; NumPy float32/float64 arrays only.
-* ``"cuda"``: :mod:`rawflow.kernels.cuda_coupling`; CuPy (device) float32/float64 arrays only.
-  The additive transform has nothing to fuse on the device (``x + t`` is one CuPy kernel already),
-  so it runs the reference CuPy code there.
+* ``"cuda"``: :mod:`rawflow.kernels.cuda_coupling` (numba-cuda); CuPy (device) float32/float64
+  arrays only. The additive transform has nothing to fuse on the device (``x + t`` is one CuPy
+  kernel already), so it runs the reference CuPy code there.
+* ``"cuda-c"``: :mod:`rawflow.kernels.cuda_c_coupling` (CUDA C through CuPy's ``RawModule``),
+  same arrays and the same additive rule as ``"cuda"``.
 * ``"auto"``: the kernel matching the arrays when there is one, else the reference (complex
-  inputs, e.g. complex-step checks, custom scale maps, or CUDA unavailable).
+  inputs, e.g. complex-step checks, custom scale maps, or CUDA unavailable). On CuPy arrays it
+  picks ``"cuda"`` (numba-cuda): neither GPU path has yet been timed on hardware by this code, and
+  ``"cuda-c"`` becomes the default only once ``benchmarks/gpu_suite.py`` shows it faster.
 
-An explicit ``"numba"``/``"cuda"`` that cannot serve the arrays raises ``ValueError``: a backend
+An explicit ``"numba"``/``"cuda"``/``"cuda-c"`` that cannot serve the arrays raises ``ValueError``: a backend
 the caller named is never swapped silently. Nothing here is global; each transform carries its
 choice. This module imports no kernel module until one is selected.
 """
@@ -87,14 +91,20 @@ def select(owner: str, backend: str, scale, x, *, additive: bool = False):
             + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
             + f"; got {what}"
         )
-    if backend == "cuda":
+    if backend in ("cuda", "cuda-c"):
         if not (device and supported):
             raise ValueError(
-                f"{owner}: backend='cuda' needs CuPy float32/float64 arrays"
+                f"{owner}: backend={backend!r} needs CuPy float32/float64 arrays"
                 + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
                 + f"; got {what}"
             )
-        return None if additive else _cuda_module()
+        if additive:
+            return None
+        if backend == "cuda-c":
+            from . import cuda_c_coupling
+
+            return cuda_c_coupling
+        return _cuda_module()
     # auto
     if host and supported:
         return cpu_coupling

@@ -28,8 +28,9 @@ vector and image couplings; :class:`Coupling` adds the partition and the conditi
 carries features/channels is axis 1; the log-det sums over every non-batch axis.
 
 ``backend=`` on the transforms (and the coupling classes) selects who computes this elementwise
-part: ``"reference"`` (default; the code below, the oracle), ``"numba"`` / ``"cuda"`` (fused
-kernels, :mod:`rawflow.kernels`) or ``"auto"``; see :mod:`rawflow.kernels.dispatch`.
+part: ``"reference"`` (default; the code below, the oracle), ``"numba"`` (CPU), ``"cuda"``
+(numba-cuda) / ``"cuda-c"`` (CUDA C through CuPy's RawModule) fused kernels (:mod:`rawflow.kernels`)
+or ``"auto"``; see :mod:`rawflow.kernels.dispatch`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from .bijector import Bijector
 from .nets import MLP
 from .partition import Partition
 from .scales import ScaleMap, scale_map
+
+#: Who computes the elementwise part (see :mod:`rawflow.kernels.dispatch`).
+BACKENDS = ("reference", "numba", "cuda", "cuda-c", "auto")
 
 
 def _row_sum(a: Array) -> Array:
@@ -66,10 +70,8 @@ def _kernels(owner, x, scale=None, additive=False):
 
 
 def _check_backend(owner, backend: str) -> str:
-    if backend not in ("reference", "numba", "cuda", "auto"):
-        raise ValueError(
-            f"{type(owner).__name__}: backend must be one of reference, numba, cuda, auto; got {backend!r}"
-        )
+    if backend not in BACKENDS:
+        raise ValueError(f"{type(owner).__name__}: backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     return backend
 
 

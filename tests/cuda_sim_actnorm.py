@@ -10,8 +10,10 @@ Two modes, each printing one JSON line last and exiting 0 (the pytest side asser
   trip, independence of the launch shape, input validation. ``{"worst", "failures", "simulator"}``.
   Tiny grids: the simulator runs each CUDA thread as a Python thread.
 * ``--ptx``: compile every numba-cuda kernel (ActNorm's four, the couplings' two; float32 and
-  float64) to PTX for sm_90 without a GPU (NVVM only). ``{"compiled", "failures", "vjp_mul_rn"}``
-  or ``{"skip": reason}`` where NVVM is unavailable.
+  float64) to PTX for sm_90 without a GPU (NVVM only). ``{"compiled", "failures", "vjp_mul_rn",
+  "targets", "nvvm", "nvvm_found_by", "nvvm_version", "libdevice"}`` or ``{"skip": reason}``
+  where NVVM is unavailable. NVVM comes from ``$CUDA_HOME`` (see :func:`wheel_nvvm_home`) or a
+  system toolkit.
 """
 
 from __future__ import annotations
@@ -203,17 +205,64 @@ def simulate() -> dict:
 
 
 # ------------------------------------------------------------------ compile-only (sm_90)
+def wheel_nvvm_home(dest) -> str | None:
+    """A ``CUDA_HOME`` for numba made of the pip wheel ``nvidia-cuda-nvcc-cu12``'s NVVM, or ``None``
+    when that wheel (the ``ptx`` extra) is not installed.
+
+    numba (``numba.cuda.cuda_paths``) looks for ``$CUDA_HOME/nvvm/lib64/libnvvm.so.N`` and
+    ``$CUDA_HOME/nvvm/libdevice/libdevice*.bc`` before the system's ``/usr/local/cuda``, so setting
+    ``CUDA_HOME`` in a subprocess makes that process prefer the wheel. The wheel's directory
+    (``nvidia/cuda_nvcc``) has the same layout except that it ships an unversioned ``libnvvm.so``,
+    which numba's pattern does not match; ``dest`` gets symlinks with a versioned name (the suffix
+    only satisfies the pattern: numba opens the file by its path).
+    """
+    from nvrtc import wheel_dir
+
+    wheel = wheel_dir("cuda_nvcc")
+    if wheel is None or not (wheel / "nvvm" / "lib64" / "libnvvm.so").is_file():
+        return None
+    lib64, libdevice = os.path.join(dest, "nvvm", "lib64"), os.path.join(dest, "nvvm", "libdevice")
+    os.makedirs(lib64, exist_ok=True)
+    os.symlink(wheel / "nvvm" / "lib64" / "libnvvm.so", os.path.join(lib64, "libnvvm.so.0"))
+    os.symlink(wheel / "nvvm" / "libdevice", libdevice)
+    return str(dest)
+
+
+def _nvvm_in_use(nvvm) -> list[str]:
+    """Real paths of every libnvvm mapped into this process (Linux), else the one numba opened."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if "libnvvm" in line}
+    except OSError:
+        paths = {nvvm.driver._name}
+    return sorted(os.path.realpath(p) for p in paths)
+
+
 def compile_ptx() -> dict:
+    """Every numba-cuda kernel compiled to PTX for sm_90 with NVVM alone (no GPU, no CUDA runtime).
+
+    NVVM is whatever numba finds: ``$CUDA_HOME`` first (the test points it at the pip wheel, see
+    :func:`wheel_nvvm_home`), else a system toolkit. The report names the NVVM library actually
+    loaded and the libdevice used, so the caller can check which toolkit did the compiling.
+    """
     import types as pytypes
 
+    # numba asks the CUDA runtime (libcudart) which compute capabilities the toolkit supports and
+    # fails with none; a compile-only run has no runtime (the pip wheels ship none), and names its
+    # target itself: pin it (this process only; read by numba's config reload at compile time).
+    os.environ["NUMBA_FORCE_CUDA_CC"] = "9.0"
     from numba import cuda
     from numba import types as T
+    from numba.core import config
 
+    config.reload_config()
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return {"skip": "compile-only check needs NUMBA_ENABLE_CUDASIM unset"}
     # Device functions called from a kernel are compiled for the *current* device's compute
     # capability; without a GPU there is none, so name sm_90 for them (this process only).
     import numba.cuda.dispatcher as dispatcher
+    from numba.cuda.cuda_paths import get_cuda_paths
+    from numba.cuda.cudadrv import nvvm
 
     dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
     try:
@@ -225,6 +274,7 @@ def compile_ptx() -> dict:
 
     compiled = 0
     mul_rn = 0
+    targets = set()
     map_k, logdet_k, vjp_k, fin_k = cuda_actnorm._kernels(256)
     for ft in (T.float32, T.float64):
         a2, a1, p3 = T.Array(ft, 2, "C"), T.Array(ft, 1, "C"), T.Array(T.float64, 3, "C")
@@ -243,11 +293,18 @@ def compile_ptx() -> dict:
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
                 compiled += 1
+                targets.update(line.split()[1] for line in ptx.splitlines() if line.startswith(".target"))
                 if kernel is vjp_k:
                     mul_rn += ptx.count("mul.rn.f64")
             except Exception as e:  # noqa: BLE001
                 FAILURES.append(f"{kernel.py_func.__name__} {ft}: {type(e).__name__}: {e}"[:500])
-    return {"compiled": compiled, "failures": FAILURES, "vjp_mul_rn": mul_rn}
+    paths = get_cuda_paths()
+    return {
+        "compiled": compiled, "failures": FAILURES, "vjp_mul_rn": mul_rn, "targets": sorted(targets),
+        "nvvm": _nvvm_in_use(nvvm.NVVM()), "nvvm_found_by": paths["nvvm"].by,
+        "nvvm_version": list(nvvm.NVVM().get_version()),
+        "libdevice": os.path.realpath(paths["libdevice"].info or ""),
+    }
 
 
 if __name__ == "__main__":

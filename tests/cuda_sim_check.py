@@ -41,7 +41,12 @@ def host(a):
     return a.copy_to_host()
 
 
-def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45)) -> None:
+def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45), *, api=G, to_device=cuda.to_device,
+             to_host=host, threads=THREADS, blocks=BLOCKS, label="") -> None:
+    """Every entry point of ``api`` (a coupling-kernel module: ``affine_forward`` … with ``threads=``
+    and ``blocks=`` keywords) on one case, against the long-double oracle; arrays move with
+    ``to_device`` / ``to_host``. ``tests/test_kernels_cuda_c.py`` reuses it for the CUDA C kernels."""
+    G, host = api, to_host  # noqa: N806  (the names the checks below were written with)
     rng = np.random.default_rng(seed)
     n, m = shape[0], shape[1]
     trailing = shape[2:]
@@ -51,9 +56,9 @@ def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45)) -> None:
     g = rng.normal(size=shape).astype(dtype)
     gl = rng.normal(size=n).astype(dtype)
     sc = scale_obj(scale, c)
-    kw = dict(threads=THREADS, blocks=BLOCKS)
-    dx, dh, dg, dgl = (cuda.to_device(a) for a in (x, h, g, gl))
-    tag = f"{np.dtype(dtype).name} {scale}{'' if not trailing else ' image'}"
+    kw = dict(threads=threads, blocks=blocks)
+    dx, dh, dg, dgl = (to_device(a) for a in (x, h, g, gl))
+    tag = f"{label}{np.dtype(dtype).name} {scale}{'' if not trailing else ' image'}"
     bound = BOUND[dtype]
 
     y, ld = G.affine_forward(dx, dh, sc, **kw)
@@ -102,7 +107,7 @@ def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45)) -> None:
     check(np.array_equal(f2(ghi)[:, mm:], -f2(gy)), f"{tag}: inverse_backward gt is not −gy")
 
     # Same results whatever the number of blocks (rows are independent; per-row order is fixed).
-    y1, ld1 = G.affine_forward(dx, dh, sc, threads=THREADS, blocks=1)
+    y1, ld1 = G.affine_forward(dx, dh, sc, threads=threads, blocks=1)
     check(np.array_equal(host(y1), y) and np.array_equal(host(ld1), ld), f"{tag}: result depends on the grid size")
 
 

@@ -7,7 +7,8 @@ Where no GPU or CuPy is available it prints why and exits 0 (``--simulate`` runs
 checks under numba's CUDA simulator with tiny sizes instead, to test this script itself; it must
 be started with ``NUMBA_ENABLE_CUDASIM=1`` in the environment).
 
-1. Kernels (:mod:`rawflow.kernels.cuda_coupling`: affine forward/inverse/both VJPs for each scale
+1. Kernels (:mod:`rawflow.kernels.cuda_coupling` (numba-cuda) and
+   :mod:`rawflow.kernels.cuda_c_coupling` (CUDA C): affine forward/inverse/both VJPs for each scale
    map; :mod:`rawflow.kernels.cuda_actnorm`: all four), float32 and float64, CuPy inputs, default
    launch configuration, vector and image shapes. Oracle: the NumPy reference path (the
    :class:`~rawflow.AffineTransform` / :class:`~rawflow.ActNorm` code) evaluated on the host in
@@ -20,7 +21,7 @@ be started with ``NUMBA_ENABLE_CUDASIM=1`` in the environment).
    init (so every term is live): loss and every gradient leaf on CuPy vs NumPy within 1e-12
    relative (norm-wise per leaf), then one Adam step, the updated parameters likewise.
 3. The same kind of step through the kernels: ``Chain([ActNorm(backend="cuda"), LULinear,
-   ChannelCoupling(backend="cuda")])`` on CuPy vs the reference layers on NumPy (float64).
+   ChannelCoupling(backend="cuda" | "cuda-c")])`` on CuPy vs the reference layers on NumPy (float64).
    Kernels and reference round differently (the kernels' sums are compensated), so the bound is
    1e-11: a few eps per element, amplified by cancellation in the conditioner's parameter sums.
 
@@ -120,9 +121,13 @@ def coupling_oracle(scale, c, xin, h, g, gl, direction, point):
                 sigma_d=sigma_d)
 
 
-def check_coupling(dev: Device, dtype, scale, c, shape, seed):
-    from rawflow.kernels import cuda_coupling as CK
+def check_coupling(dev: Device, dtype, scale, c, shape, seed, backend="cuda"):
+    """``backend``: ``"cuda"`` (numba-cuda, :mod:`~rawflow.kernels.cuda_coupling`) or ``"cuda-c"``
+    (CUDA C via CuPy's RawModule, :mod:`~rawflow.kernels.cuda_c_coupling`)."""
+    from rawflow.kernels import cuda_c_coupling, cuda_coupling
     from rawflow.scales import BoundedScale
+
+    CK = cuda_c_coupling if backend == "cuda-c" else cuda_coupling
 
     rng = np.random.default_rng(seed)
     n, ch = shape[:2]
@@ -141,7 +146,7 @@ def check_coupling(dev: Device, dtype, scale, c, shape, seed):
     f2 = lambda a: np.asarray(a).reshape(n, -1)  # noqa: E731
     x2, h2, g2, y2, xinv2 = f2(x), f2(h), f2(g), f2(y), f2(xinv)
     mm = x2.shape[1]
-    tag = f"coupling {scale}{'' if scale != 'bounded' else f'(c={c})'} {'x'.join(map(str, shape))}"
+    tag = f"{backend} {scale}{'' if scale != 'bounded' else f'(c={c})'} {'x'.join(map(str, shape))}"
     bound = {np.float64: 2.0 if LD is not np.float64 else 4.0, np.float32: 4.0}[dtype]
 
     o = coupling_oracle(scale, c, x2, h2, g2, gl, "forward", x2)
@@ -250,25 +255,25 @@ def check_glow_step():
     compare_step("Glow step, CuPy vs NumPy", model, model, params, x, 1e-12)
 
 
-def check_kernel_step():
+def check_kernel_step(coupling_backend="cuda"):
     from rawflow import ActNorm, Chain, FlowModel, StandardNormal
     from rawflow.image_coupling import ChannelCoupling
     from rawflow.linear import LULinear
 
-    def flow(backend):
+    def flow(backend, coupling):
         return Chain([
             ActNorm(4, 2, backend=backend),
             LULinear(4, 2, seed=1),
-            ChannelCoupling(4, "affine", scale="sigmoid", width=8, backend=backend),
+            ChannelCoupling(4, "affine", scale="sigmoid", width=8, backend=coupling),
             ActNorm(4, 2, backend=backend),
         ])
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 4, 8, 8))
-    ref = FlowModel(flow("reference"), StandardNormal((4, None, None)))
-    ker = FlowModel(flow("cuda"), StandardNormal((4, None, None)))
+    ref = FlowModel(flow("reference", "reference"), StandardNormal((4, None, None)))
+    ker = FlowModel(flow("cuda", coupling_backend), StandardNormal((4, None, None)))
     params = perturbed(ref.init(rng, x), rng)
-    compare_step("kernel flow step, cuda vs reference", ref, ker, params, x, 1e-11)
+    compare_step(f"kernel flow step, {coupling_backend} vs reference", ref, ker, params, x, 1e-11)
 
 
 # ------------------------------------------------------------------ driver
@@ -315,21 +320,25 @@ def main(argv) -> int:
 
         print(f"gpu_check: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, "
               f"CuPy {cupy.__version__}, oracle {np.dtype(LD).name}")
-        coupling_shapes, actnorm_shapes = [(64, 3072), (8, 12, 16, 16)], [(64, 3072), (16, 12, 16, 16), (4096, 6)]
+        # (5, 3, 7, 5): 105 columns, the CUDA C kernels' scalar path
+        coupling_shapes = [(64, 3072), (8, 12, 16, 16), (5, 3, 7, 5)]
+        actnorm_shapes = [(64, 3072), (16, 12, 16, 16), (4096, 6)]
+    backends = ("cuda",) if simulate else ("cuda", "cuda-c")
     for dtype in (np.float64, np.float32):
         for k, (scale, c) in enumerate((("exp", 2.0), ("bounded", 2.0), ("sigmoid", 2.0))):
             for j, shape in enumerate(coupling_shapes):
-                try:
-                    check_coupling(dev, dtype, scale, c, shape, seed=10 * k + j)
-                except Exception:  # noqa: BLE001
-                    errors.append(traceback.format_exc())
+                for backend in backends:
+                    try:
+                        check_coupling(dev, dtype, scale, c, shape, seed=10 * k + j, backend=backend)
+                    except Exception:  # noqa: BLE001
+                        errors.append(traceback.format_exc())
         for j, shape in enumerate(actnorm_shapes):
             try:
                 check_actnorm(dev, dtype, shape, seed=100 + j)
             except Exception:  # noqa: BLE001
                 errors.append(traceback.format_exc())
     if not simulate:
-        for step in (check_glow_step, check_kernel_step):
+        for step in (check_glow_step, check_kernel_step, lambda: check_kernel_step("cuda-c")):
             try:
                 step()
             except Exception:  # noqa: BLE001

@@ -329,18 +329,35 @@ def test_cuda_kernels_under_the_simulator():
         WORST[f"cuda-sim {k}"] = v
 
 
-def test_cuda_kernels_compile_for_sm90():
+def test_cuda_kernels_compile_for_sm90(tmp_path):
     """Every numba-cuda kernel (ActNorm and couplings, both dtypes) compiles to PTX for sm_90.
 
-    Needs NVVM (the CUDA toolkit's libnvvm), not a GPU; skips where NVVM is missing.
+    Needs NVVM (libnvvm + libdevice), not a GPU. With the ``ptx`` extra installed (CI) the script's
+    numba is pointed at the pip wheel's NVVM through ``CUDA_HOME``, and the report must show that
+    wheel's library was the one loaded; a skip is then a failure. Otherwise a system toolkit is
+    used, and the test skips only where there is none.
     """
-    report = _run_script("--ptx", env_extra={"NUMBA_ENABLE_CUDASIM": "0"})
+    from cuda_sim_actnorm import wheel_nvvm_home
+    from nvrtc import wheel_dir
+
+    home = wheel_nvvm_home(tmp_path / "cuda_home")
+    env = {"NUMBA_ENABLE_CUDASIM": "0"}
+    if home is not None:
+        env["CUDA_HOME"] = home
+    report = _run_script("--ptx", env_extra=env)
     if report.get("skip"):
+        assert home is None, f"the NVVM wheel is installed but unusable: {report['skip']}"
         pytest.skip(report["skip"])
     assert not report["failures"], "\n".join(report["failures"])
     assert report["compiled"] == 12  # 4 ActNorm + 2 coupling kernels, × 2 dtypes
+    assert report["targets"] == ["sm_90"]
     # the products feeding compensated sums stay explicit round-to-nearest multiplies (no FMA contraction)
     assert report["vjp_mul_rn"] > 0
+    assert report["nvvm"] and os.path.isfile(report["libdevice"]), report
+    if home is not None:  # the wheel did the compiling, not a system toolkit found by default
+        wheel = os.path.realpath(wheel_dir("cuda_nvcc")) + os.sep
+        assert report["nvvm_found_by"] == "CUDA_HOME", report
+        assert all(p.startswith(wheel) for p in report["nvvm"] + [report["libdevice"]]), report
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="with CuPy, gpu_check.py is run on its own")

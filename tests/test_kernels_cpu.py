@@ -581,9 +581,9 @@ def test_backend_selection_and_refusals():
     t = AffineTransform("exp", backend="auto")
     _, _, cache = t.forward(x + 0j, np.zeros((2, 6)) + 0j)
     assert not isinstance(cache, KernelCache)
-    with pytest.raises(ValueError, match="AffineTransform: backend must be one of reference, numba, cuda, auto"):
+    with pytest.raises(ValueError, match="AffineTransform: backend must be one of reference, numba, cuda, cuda-c, auto"):
         AffineTransform("exp", backend="gpu")
-    with pytest.raises(ValueError, match="AdditiveTransform: backend must be one of reference, numba, cuda, auto"):
+    with pytest.raises(ValueError, match="AdditiveTransform: backend must be one of reference, numba, cuda, cuda-c, auto"):
         AdditiveTransform(backend="Numba")
     with pytest.raises(ValueError, match="AffineTransform: backend='numba' needs NumPy float32/float64"):
         AffineTransform("exp", backend="numba").forward(x + 0j, np.zeros((2, 6)) + 0j)
