@@ -19,8 +19,9 @@ at large sizes): the issue's GPU targets (≥ 5× torch eager at 64 × 3072, ≥
 
 Layout: one block per row (grid-stride over rows), threads stride the row 16 bytes at a time
 (``float4`` / ``double2``) when ``M`` is a multiple of the vector width and all base pointers are
-16-byte aligned, else element by element; ``threads`` must be a multiple of 32 (≤ 1024). Results
-are bitwise reproducible for a given ``threads`` and path.
+16-byte aligned, else element by element; ``threads`` must be a multiple of 32 (≤ 1024; by default
+256, fewer for rows too short to feed 8 warps). Results are bitwise reproducible for a given
+``threads`` and path.
 
 Testing without a GPU: ``tests/test_kernels_cuda_c.py`` compiles the same ``.cu`` file with g++
 against ``tests/cuda_emul/cuda_emul.h`` (each block's threads run as OS threads, shuffles and
@@ -132,9 +133,16 @@ def _device_vector(rt, name, gl, like):
     return gl
 
 
-def launch_config(name: str, n_rows: int, threads=None, blocks=None) -> tuple[int, int]:
-    """``(threads, blocks)``: ``threads`` a multiple of 32 in [32, 1024], ``blocks`` ≥ 1."""
-    threads = THREADS if threads is None else int(threads)
+def launch_config(name: str, n_rows: int, threads=None, blocks=None, *, per_row: int | None = None) -> tuple[int, int]:
+    """``(threads, blocks)``: ``threads`` a multiple of 32 in [32, 1024], ``blocks`` ≥ 1.
+
+    By default ``threads`` is :data:`THREADS`, cut down to the warps a row can keep busy when
+    ``per_row`` (the loads per row: vectors, or elements on the scalar path) is small: a block
+    of 256 threads on a row of 8 values would leave 31 of its 32 warps idle.
+    """
+    if threads is None:
+        threads = THREADS if per_row is None else min(THREADS, 32 * max(1, -(-int(per_row) // 32)))
+    threads = int(threads)
     if threads < 32 or threads > 1024 or threads % 32:
         raise ValueError(f"{name}: threads must be a multiple of 32 in [32, 1024], got {threads}")
     blocks = min(max(n_rows, 1), MAX_BLOCKS) if blocks is None else int(blocks)
@@ -177,10 +185,10 @@ def _direction(rt, name, xb, h, scale, inverse, threads, blocks):
     dtype = np.dtype(x.dtype)
     n = x.shape[0]
     m = x.size // max(n, 1)
-    threads, blocks = launch_config(name, n, threads, blocks)
     out = rt.empty_like(x)
     logdet = rt.empty(n, dtype)
     vec = vector_ok(m, dtype, rt.pointer(x), rt.pointer(hh), rt.pointer(out))
+    threads, blocks = launch_config(name, n, threads, blocks, per_row=m // _WIDTH[dtype.name] if vec else m)
     if n and m:
         rt.launch(NAMES[("forward", dtype.name)], blocks, threads,
                   (x, hh, out, logdet, np.int64(n), np.int64(m), np.int32(kind), dtype.type(c), np.int32(inverse),
@@ -201,10 +209,10 @@ def _vjp(rt, name, xb, h, g, glogdet, scale, inverse, threads, blocks):
     dtype = np.dtype(x.dtype)
     n = x.shape[0]
     m = x.size // max(n, 1)
-    threads, blocks = launch_config(name, n, threads, blocks)
     gout = rt.empty_like(x)
     gh = rt.empty_like(hh)
     vec = vector_ok(m, dtype, *(rt.pointer(a) for a in (x, hh, gg, gout, gh)))
+    threads, blocks = launch_config(name, n, threads, blocks, per_row=m // _WIDTH[dtype.name] if vec else m)
     if n and m:
         rt.launch(NAMES[("vjp", dtype.name)], blocks, threads,
                   (x, hh, gg, gl, gout, gh, np.int64(n), np.int64(m), np.int32(kind), dtype.type(c),

@@ -181,6 +181,22 @@ def test_results_do_not_depend_on_block_count_and_inverse_cancels(emu):
     assert np.all(ld1 + ldi == 0)
 
 
+def test_default_block_size_follows_the_row_length(emu):
+    """256 threads by default, fewer warps for short rows; the elementwise results never depend on it."""
+    rng = np.random.default_rng(5)
+    for dtype, m, want in ((np.float32, 8, 32), (np.float64, 130, 96), (np.float64, 45, 64), (np.float64, 3000, 256)):
+        x = rng.normal(size=(2, m)).astype(dtype)
+        h = rng.normal(size=(2, 2 * m)).astype(dtype)
+        emu.launches.clear()
+        y, ld = CC.affine_forward(x, h, "exp", runtime=emu)
+        y32, ld32 = CC.affine_forward(x, h, "exp", threads=32, runtime=emu)
+        assert [t for _, _, t, _ in emu.launches] == [want, 32]
+        assert np.array_equal(y, y32)
+        exact = h[:, :m].astype(np.float64).sum(axis=1)
+        scale = np.abs(h[:, :m]).astype(np.float64).sum(axis=1)
+        assert np.all(np.abs(ld - exact) <= np.finfo(dtype).eps * scale)
+
+
 # ------------------------------------------------------------------ host side: errors, selection
 def test_bad_input_is_reported(emu):
     x, h = np.ones((2, 4)), np.ones((2, 8))
