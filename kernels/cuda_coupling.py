@@ -10,15 +10,19 @@ Launches go to numba's default stream (CuPy's default is the same legacy stream;
 CuPy streams must be synchronised by the caller).
 
 Layout: grid-stride over rows (one block owns a row at a time), block-stride over the row's
-columns. The log-det is a per-thread compensated (TwoSum) float64 partial sum followed by a
-shared-memory tree reduction that carries the compensation, so the result is the float64 sum to
-within about one rounding, in a fixed order (bitwise reproducible for a given block size), then
-rounded once to the dtype; the inverse negates it, so the two log-dets cancel exactly. Warp
-shuffles are not used: the simulator lacks them and the shared-memory tree is not the bottleneck
-of a kernel that streams 16–20 bytes per element. NVVM may contract ``x·s + t`` into an FMA (one
-rounding instead of two: results can differ from the CPU kernels in the last bit, never by more
-than the tests' bounds); the compensated sums contain no products, so contraction cannot undo them.
-Compiled to PTX for sm_90 with numba-cuda 0.30.4 (both dtypes); not yet run on hardware.
+columns; ``threads`` a multiple of 32. The log-det is a per-thread compensated (TwoSum) float64
+partial sum, then a compensated warp-shuffle tree in each warp (``shfl_down_sync``), the warps'
+pairs through shared memory, and a last shuffle tree in warp 0, so the result is the float64 sum
+to within about one rounding, in a fixed order (bitwise reproducible for a given block size), then
+rounded once to the dtype; the inverse negates it, so the two log-dets cancel exactly. Under the
+CUDA simulator, which has no shuffles, the same exchange goes through shared memory
+(:data:`SIMULATED`): same semantics, same merge order, so the simulator tests the order and the
+arithmetic a GPU runs. NVVM may contract ``x·s + t`` into an FMA (one rounding instead of two:
+results can differ from the CPU kernels in the last bit, never by more than the tests' bounds);
+the compensated sums contain no products, so contraction cannot undo them. Compiled to PTX for
+sm_90 in CI (``tests/test_kernels_actnorm.py``, NVVM from the ``ptx`` extra); not yet run on
+hardware. Loads are scalar (numba has no 16-byte vector loads from a float array): the CUDA C
+twin, :mod:`.cuda_c_coupling`, has them.
 
 Elementary functions are CUDA's (libdevice ``expf``/``exp``, ``tanhf``, ``log1pf``, ≤ 2 ulp in
 float32), the same in every direction, so round trips see the same ``s``. ``sigmoid``'s ``s`` is
@@ -41,14 +45,19 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack
 
-from numba import cuda, float64  # noqa: E402  (after the NumPy shim above)
+import numba  # noqa: E402  (after the NumPy shim above)
+from numba import cuda, float64  # noqa: E402
 
 from .._array import _is_cupy  # noqa: E402
 from .cpu_coupling import scale_kind  # noqa: E402
 from .dispatch import KernelCache  # noqa: E402, F401  (re-exported: the transforms' cache type)
 
-#: default threads per block (a power of two: the tree reduction halves it).
+#: default threads per block (a multiple of 32: the log-det reduction works in whole warps).
 THREADS = 256
+#: Under ``NUMBA_ENABLE_CUDASIM=1`` the warp shuffles are emulated through shared memory (the
+#: simulator has none); same exchange semantics, so the same merge order and bitwise-identical
+#: results either way. Numba's own mode flag, read once: not a switch of this library.
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
 #: default cap on the number of blocks (rows beyond it are reached by the grid-stride loop).
 MAX_BLOCKS = 65535
 
@@ -58,6 +67,7 @@ def _kernels(dtype_name: str, threads: int):
     """``(forward, vjp)`` CUDA kernels for one dtype and block size, compiled on first launch."""
     ft = np.dtype(dtype_name).type
     zero, half, one, two, four = ft(0), ft(0.5), ft(1), ft(2), ft(4)  # typed: float32 math stays float32
+    xchg_size = threads if SIMULATED else 1
 
     @cuda.jit(device=True)
     def smap(kind, hv, c):
@@ -83,11 +93,48 @@ def _kernels(dtype_name: str, threads: int):
             return -sp, one / d, e / d
         return u - sp, e / d, one / d
 
+    nwarps = threads // 32
+
+    @cuda.jit(device=True)
+    def shfl_down(v, o, xchg):
+        """``__shfl_down_sync(full mask, v, o)``: lane ``l`` gets lane ``l + o``'s ``v`` (its own when
+        ``l + o ≥ 32``). The simulator has no shuffles: there the block exchanges through shared
+        memory with the same semantics (every thread of the block calls this, uniformly)."""
+        if SIMULATED:
+            tid = cuda.threadIdx.x
+            xchg[tid] = v
+            cuda.syncthreads()
+            r = xchg[tid + o] if (tid & 31) + o < 32 else v
+            cuda.syncthreads()
+            return r
+        return cuda.shfl_down_sync(0xFFFFFFFF, v, o)
+
+    @cuda.jit(device=True)
+    def merge(s, c, s2, c2):
+        """``(s, c) + (s2, c2)`` for compensated pairs (TwoSum on the leading parts)."""
+        t = s + s2
+        bp = t - s
+        return t, c + c2 + ((s - (t - bp)) + (s2 - bp))
+
+    @cuda.jit(device=True)
+    def warp_merge(s, c, xs, xc):
+        o = 16
+        while o > 0:
+            s2 = shfl_down(s, o, xs)
+            c2 = shfl_down(c, o, xc)
+            s, c = merge(s, c, s2, c2)
+            o //= 2
+        return s, c
+
     @cuda.jit
     def forward(x, h, out, logdet, kind, c, inverse):
-        part = cuda.shared.array(threads, float64)
-        comp = cuda.shared.array(threads, float64)
+        warp_s = cuda.shared.array(nwarps, float64)
+        warp_c = cuda.shared.array(nwarps, float64)
+        xs = cuda.shared.array(xchg_size, float64)  # the simulator's shuffle exchange (1 unused slot on a GPU)
+        xc = cuda.shared.array(xchg_size, float64)
         tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
         n_rows = x.shape[0]
         m = x.shape[1]
         for n in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
@@ -104,25 +151,21 @@ def _kernels(dtype_name: str, threads: int):
                 bp = t - acc
                 err += (acc - (t - bp)) + (v - bp)
                 acc = t
-            part[tid] = acc
-            comp[tid] = err
+            # compensated block sum: a shuffle tree per warp, then warp 0 over the warps' pairs
+            acc, err = warp_merge(acc, err, xs, xc)
+            if lane == 0:
+                warp_s[warp] = acc
+                warp_c[warp] = err
             cuda.syncthreads()
-            half = threads // 2
-            while half > 0:
-                if tid < half:
-                    a = part[tid]
-                    b = part[tid + half]
-                    t = a + b
-                    bp = t - a
-                    comp[tid] += comp[tid + half] + ((a - (t - bp)) + (b - bp))
-                    part[tid] = t
-                cuda.syncthreads()
-                half //= 2
+            acc = warp_s[lane] if lane < nwarps else 0.0
+            err = warp_c[lane] if lane < nwarps else 0.0
+            # every warp runs this (uniform for the simulator's exchange); warp 0's lane 0 is used
+            acc, err = warp_merge(acc, err, xs, xc)
             if tid == 0:
-                logdet[n] = part[0] + comp[0]
+                logdet[n] = acc + err
                 if inverse:  # negate the rounded sum: forward + inverse cancel exactly
                     logdet[n] = -logdet[n]
-            cuda.syncthreads()  # part/comp are reused by this block's next row
+            cuda.syncthreads()  # warp_s/warp_c are reused by this block's next row
 
     @cuda.jit
     def vjp(x, h, g, glogdet, gout, gh, kind, c, inverse):
@@ -181,8 +224,8 @@ def _rows2d(a):
 
 def _launch_config(name: str, n_rows: int, threads, blocks):
     threads = THREADS if threads is None else int(threads)
-    if threads < 1 or threads & (threads - 1) or threads > 1024:
-        raise ValueError(f"{name}: threads must be a power of two ≤ 1024, got {threads}")
+    if threads < 32 or threads % 32 or threads > 1024:
+        raise ValueError(f"{name}: threads must be a multiple of 32 in [32, 1024], got {threads}")
     blocks = min(max(n_rows, 1), MAX_BLOCKS) if blocks is None else int(blocks)
     if blocks < 1:
         raise ValueError(f"{name}: blocks must be positive, got {blocks}")

@@ -274,6 +274,7 @@ def compile_ptx() -> dict:
 
     compiled = 0
     mul_rn = 0
+    coupling_shfl = 0  # the coupling forward's log-det reduction: warp shuffles on a GPU
     targets = set()
     map_k, logdet_k, vjp_k, fin_k = cuda_actnorm._kernels(256)
     for ft in (T.float32, T.float64):
@@ -296,11 +297,14 @@ def compile_ptx() -> dict:
                 targets.update(line.split()[1] for line in ptx.splitlines() if line.startswith(".target"))
                 if kernel is vjp_k:
                     mul_rn += ptx.count("mul.rn.f64")
+                if kernel is fwd:
+                    coupling_shfl += ptx.count("shfl.sync.down")
             except Exception as e:  # noqa: BLE001
                 FAILURES.append(f"{kernel.py_func.__name__} {ft}: {type(e).__name__}: {e}"[:500])
     paths = get_cuda_paths()
     return {
-        "compiled": compiled, "failures": FAILURES, "vjp_mul_rn": mul_rn, "targets": sorted(targets),
+        "compiled": compiled, "failures": FAILURES, "vjp_mul_rn": mul_rn, "coupling_shfl": coupling_shfl,
+        "targets": sorted(targets),
         "nvvm": _nvvm_in_use(nvvm.NVVM()), "nvvm_found_by": paths["nvvm"].by,
         "nvvm_version": list(nvvm.NVVM().get_version()),
         "libdevice": os.path.realpath(paths["libdevice"].info or ""),

@@ -22,7 +22,7 @@ from test_kernels_cpu import BOUND, LD, oracle, scale_obj, term_error  # noqa: E
 
 from rawflow.kernels import cuda_coupling as G  # noqa: E402
 
-THREADS, BLOCKS = 16, 2  # 3 rows on 2 blocks: the row loop strides; 45 columns on 16 threads
+THREADS, BLOCKS = 32, 2  # 3 rows on 2 blocks: the row loop strides; 45 columns on one warp
 WORST: dict = {}
 FAILURES: list = []
 
@@ -118,7 +118,7 @@ def run_validation() -> None:
         lambda: G.affine_forward(np.ones((2, 4)), h),  # host array
         lambda: G.affine_forward(x, cuda.to_device(np.ones((2, 7)))),  # shape
         lambda: G.affine_forward(x, cuda.to_device(np.ones((2, 8), np.float32))),  # dtype
-        lambda: G.affine_forward(x, h, threads=24),  # not a power of two
+        lambda: G.affine_forward(x, h, threads=48),  # not a multiple of 32
         lambda: G.affine_forward(x, h, "nope"),
         lambda: G.affine_backward(x, h, x, cuda.to_device(np.ones(3))),  # glogdet shape
     ]
@@ -139,6 +139,8 @@ def main() -> None:
             for k, (scale, c) in enumerate((("exp", 2.0), ("bounded", 2.0), ("bounded", 0.7), ("sigmoid", 2.0))):
                 run_case(dtype, scale, c, seed=10 * k + (dtype == np.float32))
         run_case(np.float32, "sigmoid", 2.0, seed=99, shape=(2, 2, 3, 4))  # (N, C, H, W) images
+        # two warps per block: the warps' pairs meet in shared memory, then warp 0's shuffle tree
+        run_case(np.float64, "bounded", 2.0, seed=7, shape=(2, 70), threads=64, blocks=1, label="2 warps ")
         run_validation()
     except Exception:  # noqa: BLE001
         FAILURES.append(traceback.format_exc())

@@ -74,7 +74,7 @@ class Device:
 
             self.to = cuda.to_device
             self.host = lambda a: a.copy_to_host()
-            self.launch = {"threads": 16}
+            self.launch = {"threads": 32}
         else:
             import cupy
 

@@ -353,6 +353,9 @@ def test_cuda_kernels_compile_for_sm90(tmp_path):
     assert report["targets"] == ["sm_90"]
     # the products feeding compensated sums stay explicit round-to-nearest multiplies (no FMA contraction)
     assert report["vjp_mul_rn"] > 0
+    # the coupling forward's log-det reduction uses warp shuffles on a GPU (2 trees × 2 parts × 5
+    # levels × 2 dtypes; a float64 shuffle is two 32-bit shfl instructions)
+    assert report["coupling_shfl"] >= 40
     assert report["nvvm"] and os.path.isfile(report["libdevice"]), report
     if home is not None:  # the wheel did the compiling, not a system toolkit found by default
         wheel = os.path.realpath(wheel_dir("cuda_nvcc")) + os.sep

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rawflow import AffineTransform
 from rawflow.kernels import cuda_c_coupling as CC
@@ -137,6 +139,25 @@ def test_several_warps_per_block_and_images(emu):
     worst, failures = _run(emu, cases, threads=128, blocks=1, label="cuda-c warps ")
     assert not failures, "\n".join(failures)
     assert len(worst) == 2 * 8
+
+
+@needs_extended
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from(SCALES),
+    n=st.integers(1, 4),
+    m=st.integers(1, 70),
+    threads=st.sampled_from([32, 64]),
+    blocks=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_launches_match_the_oracle(emu, dtype, scale, n, m, threads, blocks, seed):
+    """Hypothesis over shapes (both paths: m a multiple of the vector width or not, rows shorter
+    than a warp), block sizes and grid sizes (fewer or more blocks than rows)."""
+    worst, failures = _run(emu, [(dtype, scale[0], scale[1], seed, (n, m))], threads=threads, blocks=blocks,
+                           label="cuda-c hyp ")
+    assert not failures, "\n".join(failures)
+    assert len(worst) == 8
 
 
 def test_vector_and_scalar_paths_agree(emu):
