@@ -36,12 +36,38 @@ def to_numpy(a: Array) -> np.ndarray:
 
 
 def solve_triangular(a: Array, b: Array, *, lower: bool, unit_diagonal: bool = False, trans: int = 0):
-    """``solve_triangular`` from SciPy (NumPy arrays) or ``cupyx.scipy.linalg`` (CuPy arrays)."""
+    """``op(a)⁻¹ b`` for triangular ``a`` (``op(a) = a`` or ``aᵀ`` for ``trans`` 0 or 1, never
+    conjugated): ``cupyx.scipy.linalg.solve_triangular`` (cuBLAS ``trsm``) for CuPy arrays; for
+    NumPy, BLAS ``?trsm`` directly (:func:`_trsm_columns`) when ``b`` is a C-ordered ``(C, M)``
+    matrix of ``a``'s dtype, else SciPy's ``solve_triangular``. Neither checks for a zero diagonal:
+    callers (``LULinear``) reject singular factors first.
+    """
     if _is_cupy(a):
         from cupyx.scipy.linalg import solve_triangular as st
     else:
+        if trans in (0, 1) and getattr(b, "ndim", 0) == 2 and b.dtype == a.dtype and b.dtype.char in "fdFD":
+            return _trsm_columns(a, b, lower, unit_diagonal, trans)
         from scipy.linalg import solve_triangular as st
     return st(a, b, lower=lower, unit_diagonal=unit_diagonal, trans=trans, check_finite=False)
+
+
+def _trsm_columns(a, b, lower: bool, unit_diagonal: bool, trans: int):
+    """``op(a)⁻¹ b`` through BLAS ``?trsm`` on the transposed view, for C-ordered ``b: (C, M)``.
+
+    ``X = op(A)⁻¹ B`` is the transpose of the right-side solve ``Xᵀ · op(A)ᵀ = Bᵀ``, and ``Bᵀ`` is
+    the memory of a C-ordered ``B`` read in Fortran order: so BLAS solves in place on a plain copy
+    of ``B``, where SciPy's ``solve_triangular`` (LAPACK ``?trtrs``, left side, Fortran ``B``)
+    first converts ``(C, M)`` to column-major and back. Same arithmetic (a substitution, no
+    inverse); measured 1.1–2.9× faster at C = 16…512, M = 4096 (``kernels/lu_note.md``).
+    """
+    from scipy.linalg import get_blas_funcs
+
+    (trsm,) = get_blas_funcs(("trsm",), (a, b))
+    out = np.array(b, order="C", copy=True)
+    # op(A)ᵀ = Aᵀ when trans = 0 and A when trans = 1; 'T', never the conjugate (complex steps)
+    res = trsm(1.0, a, out.T, side=1, lower=int(lower), trans_a=1 - int(trans), diag=int(unit_diagonal),
+               overwrite_b=1)
+    return res.T
 
 
 def logabsdet(w: Array) -> Array:
