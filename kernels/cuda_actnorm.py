@@ -18,14 +18,14 @@ addresses in every case (vectors and images).
 VJP reductions: each thread keeps TwoSum-compensated float64 sums of ``g`` and ``g·v`` over its
 rows and writes the (sum, compensation) pairs to a ``(4, R, J)`` float64 scratch array; a second
 kernel, one block per channel, adds that channel's ``R·P`` pairs and ``Σ gℓ`` in a fixed order
-(per-thread compensated sums, then a shared-memory tree that carries the compensation, as in
-:mod:`.cuda_coupling`). Bitwise reproducible for a given launch configuration. The scratch costs
+(per-thread compensated sums, then a shared-memory tree that carries the compensation). Bitwise reproducible for a given launch configuration. The scratch costs
 ``32/(rows_per_block·bytes per element)`` of the data traffic; the default keeps
 ``rows_per_block ≥ 8`` and aims for ≈ 4096 blocks. Products feeding a compensated sum use
 ``__dmul_rn`` (NVVM would otherwise contract ``s + a·b`` into an FMA, and TwoSum's error term
 assumes ``s`` is the rounded sum of the rounded product); the simulator multiplies plainly.
-No warp shuffles (the simulator lacks them); no vector loads. Compiled to PTX for sm_90 in the
-tests here; **not measured on hardware** (no device was lent to the session that wrote it).
+The trees stay in shared memory (no warp shuffles, unlike :mod:`.cuda_coupling`'s per-row
+log-det): they run once per channel over per-block partials, off the streamed data, so a shuffle
+tree would save nothing measurable; no vector loads. Compiled to PTX for sm_90 in the tests here; **not measured on hardware** (no device was lent to the session that wrote it).
 
 Testing without a GPU: ``NUMBA_ENABLE_CUDASIM=1`` set before numba is first imported (the tests
 do this in a subprocess), tiny grids (``threads=16``).
