@@ -427,14 +427,14 @@ class Runner:
                 return lambda: K.affine_backward(x, h, gy, gl, scale)
             return lambda: K.affine_forward(x, h, scale) + K.affine_backward(x, h, gy, gl, scale)
         if impl == "rawflow cuda-c":
-            from rawflow.kernels import cuda_c_coupling as K
+            from rawflow.kernels import cuda_c_coupling as KC
 
             kw = {"threads": self.args.threads}
             if op == "forward":
-                return lambda: K.affine_forward(x, h, scale, **kw)
+                return lambda: KC.affine_forward(x, h, scale, **kw)
             if op == "backward":
-                return lambda: K.affine_backward(x, h, gy, gl, scale, **kw)
-            return lambda: K.affine_forward(x, h, scale, **kw) + K.affine_backward(x, h, gy, gl, scale, **kw)
+                return lambda: KC.affine_backward(x, h, gy, gl, scale, **kw)
+            return lambda: KC.affine_forward(x, h, scale, **kw) + KC.affine_backward(x, h, gy, gl, scale, **kw)
         if impl == "cuda-c":
             if x.dtype != cp.float32:
                 raise Skip("the CUDA C kernels are float32 only")
