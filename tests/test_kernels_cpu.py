@@ -418,6 +418,34 @@ def test_image_shapes_match_flattened_rows(dtype, scale):
     assert rel_err(ld, ref_ld) <= 4 * np.finfo(dtype).eps * 60  # Σ of 60 log s terms, |Σ| ~ Σ|·|/8
 
 
+@needs_extended
+@pytest.mark.parametrize("n,m", [(40000, 1), (2000, 30), (600, K.NARROW), (600, K.NARROW + 1)],
+                         ids=["narrow-1", "narrow-30", "narrow-limit", "wide"])
+def test_many_rows_in_many_tasks_on_two_threads(n, m):
+    """Above ``SERIAL_BELOW`` values the rows run as several parallel tasks: short rows (≤ NARROW,
+    de-interleaved, flat loops, column-wise TwoSum) and long rows; every entry point against the
+    oracle, and the same bits on one thread and on two."""
+    before = numba.get_num_threads()
+    assert n * m >= K.SERIAL_BELOW and n > K.rows_per_task(m)  # parallel, several tasks
+    try:
+        for dtype in DTYPES:
+            for k, scale in enumerate(("exp", "bounded", "sigmoid")):
+                x, h, g, gl = _case(dtype, n=n, m=m, seed=k)
+                case = (dtype, scale, 2.0, x, h, g, gl)
+                outs = []
+                for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                    numba.set_num_threads(threads)
+                    outs.append(K.affine_forward(x, h, scale) + K.affine_inverse(x, h, scale)
+                                + K.affine_backward(x, h, g, gl, scale) + K.affine_inverse_backward(x, h, g, gl, scale))
+                assert all(np.array_equal(a, b) for a, b in zip(*outs)), f"{scale}: thread count changed the bits"
+                test_forward_matches_reference.hypothesis.inner_test(case)
+                test_inverse_matches_reference_and_logdets_cancel_exactly.hypothesis.inner_test(case)
+                _vjp_checks(case, "forward")
+                _vjp_checks(case, "inverse")
+    finally:
+        numba.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bitwise_reproducible_across_runs_and_thread_counts(dtype):
     x, h, g, gl = _case(dtype, n=7, m=2 * K.CHUNK + 77, seed=5)
