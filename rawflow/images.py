@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from .arrayfile import read_array
+
 
 def digits() -> tuple[np.ndarray, int]:
     """``(images, n_bins)``: the 8×8 digits as ``(1797, 1, 8, 8)`` int64 in ``[0, 16]``, 17 levels."""
@@ -35,22 +37,7 @@ def load_images(path: str | os.PathLike, key: str | None = None) -> tuple[np.nda
     array named ``key``, or their only array.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"load_images: no such file {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ValueError(f"load_images: cannot read {path} ({type(exc).__name__}: {exc})") from exc
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            names = data.files
-            if key is None:
-                if len(names) != 1:
-                    raise ValueError(f"load_images: {path} holds {names}; choose one with key=")
-                key = names[0]
-            if key not in names:
-                raise ValueError(f"load_images: {path} has no array {key!r} (it has {names})")
-            data = data[key]
+    data = read_array(path, key, owner="load_images")
     if data.ndim == 3:
         data = data[:, None]
     if data.ndim != 4:

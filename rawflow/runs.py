@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
+from . import __version__, arrayfile
 from . import tree as _tree
 from ._array import to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -140,23 +140,7 @@ def _split_size(n: int, fraction: float) -> int:
 
 def read_array(path: str, key: str | None) -> np.ndarray:
     """The array in a ``.npy`` file, or the one named ``key`` (or the only one) in a ``.npz``; no pickle."""
-    if not os.path.isfile(path):
-        raise RunError(f"data: no such file {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise RunError(f"data: cannot read {path} ({type(exc).__name__}: {exc})") from exc
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            names = loaded.files
-            if key is None:
-                if len(names) != 1:
-                    raise RunError(f"data: {path} holds arrays {names}; choose one with --data-key")
-                key = names[0]
-            if key not in names:
-                raise RunError(f"data: {path} has no array {key!r} (it has {names})")
-            return loaded[key]
-    return loaded
+    return arrayfile.read_array(path, key, owner="data", key_option="--data-key", error=RunError)
 
 
 def load_data(cfg: dict) -> Data:
