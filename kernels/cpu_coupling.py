@@ -20,23 +20,12 @@ One pass per direction, parallel over tasks of rows (``prange``; a task is one r
 of at most :data:`NARROW` values take 2-D loops per task (``h`` de-interleaved into ``h_s`` and
 ``t``, one flat element loop, ``log s`` summed column by column with one TwoSum chain per row, so
 the chains of different rows run side by side); longer rows a row function with chunked lanes
-(below). Calls under :data:`SERIAL_BELOW` values run on the calling thread. Measured against the
-NumPy reference, forward + backward, 2 threads (``sigmoid``): 1.1–2.4× at 16k values (2048 × 8,
-512 × 32), 2.2–6.6× at 32k–131k; the short-row path made 4096 × 2 go from 0.43× to 2.0×. Under
-~10k values the reference's few NumPy calls cost less than two kernel launches (512 × 1:
-≈ 0.4×). Per element
-the scale map is evaluated with :mod:`rawflow.kernels.fastexp` (vectorisable ``exp``, ``tanh``,
-``log1p``), identically in every direction, so forward/inverse round trips see the same ``s`` and
-the two log-dets are exact negations of one sum. Scale maps (``c`` for ``bounded``)::
-
-    exp      log s = h                 s = exp(h)            dlog s = 1
-    bounded  log s = c·tanh(h/c)       s = exp(log s)        dlog s = sech²(h/c) = 1 − tanh²(h/c)
-    sigmoid  log s = −softplus(−u)     s = sigmoid(u)        dlog s = sigmoid(−u),   u = h + 2
-
-(``sigmoid``: ``s`` is computed directly as ``sigmoid(u)``, which is ``exp(log s)`` exactly and
-avoids compounding the error of ``log s``. ``bounded``: ``sech²`` is ``4G/(1 + G)²``, ``G =
-e^{−2|h/c|}``, once ``tanh > ½``, where the reference's ``1 − tanh²`` cancels; saturated maps get
-a gradient accurate to a few ulp instead of one with an absolute error of ``eps``.)
+(below). Calls under :data:`SERIAL_BELOW` values run on the calling thread. Forward + backward
+against the NumPy reference, float32, 2 threads, before → after this layout (one run each,
+``sigmoid`` / ``exp``): 4096 × 2 0.70 → 4.0× / 0.82 → 3.3×; 2048 × 8 1.19 → 2.9× / 0.86 → 1.8×;
+1024 × 16 1.8 → 2.4× / 1.06 → 1.22×; rows of ≥ 32 values unchanged within ±10 %. Under ~2k
+values the reference's few NumPy calls still cost less than two kernel launches (512 × 1:
+0.87× / 0.44×).
 
 Log-det accumulation of long rows, in a fixed order (bitwise reproducible, independent of the thread
 count): each row goes in chunks of ``CHUNK`` values of ``log s`` through a scratch buffer. float64 rows:
@@ -67,10 +56,12 @@ from .dispatch import KernelCache  # noqa: F401  (re-exported: the transforms' c
 CHUNK = 512
 #: values per parallel task (short rows are grouped; see :func:`rows_per_task`).
 TASK_VALUES = 4096
-#: below this many elements a kernel runs serially on the calling thread (as the ActNorm kernels).
-SERIAL_BELOW = 1 << 15
-#: rows of at most this many values take the 2-D loop (see :func:`_rows_kernel`).
-NARROW = 64
+#: below this many elements a kernel runs on the calling thread (waking the pool costs more than
+#: the work; measured crossover for these kernels between 4k and 16k values).
+SERIAL_BELOW = 1 << 13
+#: rows of at most this many values take the flat short-row loops (see :func:`_rows_kernel`);
+#: measured: faster than the row functions up to 16 values, slower from 32.
+NARROW = 16
 
 SCALE_KINDS = {"exp": 0, "bounded": 1, "sigmoid": 2}
 
