@@ -58,11 +58,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._launch import launch
 from .dispatch import ActNormCache  # noqa: F401  (re-exported: the layer's cache type)
 
 #: columns per task of the forward/inverse and of wide vectors' VJP (4·CB float64 accumulators: L1).
@@ -433,16 +433,8 @@ def actnorm_vjp_kernel(v, g, glogdet, bias, log_scale, gout, gbias, glog_scale, 
 
 # ------------------------------------------------------------------ Python entry points
 def _launch(kernel, size: int, *args) -> None:
-    """``kernel(*args)``, on the calling thread alone when ``size`` is below :data:`SERIAL_BELOW`."""
-    threads = numba.get_num_threads()
-    if size >= SERIAL_BELOW or threads == 1:
-        kernel(*args)
-        return
-    numba.set_num_threads(1)  # thread-local: other Python threads keep their setting
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
+    """``kernel(*args)``, serially below :data:`SERIAL_BELOW` elements (:func:`._launch.launch`)."""
+    launch(kernel, size, SERIAL_BELOW, *args)
 
 
 def _rows(name: str, what: str, a, like=None) -> np.ndarray:

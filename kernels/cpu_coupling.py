@@ -57,12 +57,12 @@ changing it, delete this package's ``__pycache__/*.nb[ic]``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
 from ..scales import BoundedScale, ExpScale, ScaleMap, SigmoidScale
+from ._launch import launch
 from .fastexp import fast_exp, fast_log1p_unit, fast_tanh_sech2
 from .dispatch import KernelCache  # noqa: F401  (re-exported: the transforms' cache type)
 
@@ -480,17 +480,8 @@ additive_rows_kernel = _jit_parallel(_additive_kernel)
 
 
 def _launch(kernel, size: int, *args) -> None:
-    """``kernel(*args)``, on the calling thread alone below :data:`SERIAL_BELOW` elements (waking
-    the pool costs more than the work; as :mod:`.cpu_actnorm`). Results do not depend on it."""
-    threads = numba.get_num_threads()
-    if size >= SERIAL_BELOW or threads == 1:
-        kernel(*args)
-        return
-    numba.set_num_threads(1)  # thread-local: other Python threads keep their setting
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
+    """``kernel(*args)``, serially below :data:`SERIAL_BELOW` elements (:func:`._launch.launch`)."""
+    launch(kernel, size, SERIAL_BELOW, *args)
 
 
 # ------------------------------------------------------------------ Python entry points
