@@ -45,6 +45,7 @@ if not hasattr(np, "row_stack"):
 from numba import config, cuda, float64  # noqa: E402  (after the NumPy shim above)
 
 from .._array import _is_cupy  # noqa: E402
+from ._cuda_arrays import device_view  # noqa: E402
 from .dispatch import ActNormCache  # noqa: E402, F401  (re-exported: the layer's cache type)
 
 #: default threads per block (a power of two: the finalising tree reduction halves it).
@@ -216,20 +217,7 @@ def _kernels(threads: int):
 
 # ------------------------------------------------------------------ host-side entry points
 def _device(name: str, what: str, a):
-    """A numba view of device array ``a`` (no copy), checked: float32/64, C-contiguous."""
-    if isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: {what} is a NumPy (host) array; pass a device array or use the CPU kernels")
-    if hasattr(a, "copy_to_host") and hasattr(a, "is_c_contiguous"):
-        arr = a  # numba device array (or the simulator's)
-    elif hasattr(a, "__cuda_array_interface__"):
-        arr = cuda.as_cuda_array(a)
-    else:
-        raise ValueError(f"{name}: {what} must be a CUDA device array, got {type(a).__name__}")
-    if np.dtype(arr.dtype) not in (np.float32, np.float64):
-        raise ValueError(f"{name}: {what} must be float32 or float64, got {arr.dtype}")
-    if not arr.is_c_contiguous():
-        raise ValueError(f"{name}: {what} must be C-contiguous (copy it first)")
-    return arr
+    return device_view(name, what, a)
 
 
 def _data(name: str, what: str, a, like=None):

@@ -38,6 +38,7 @@ import numpy as np
 
 from .cpu_coupling import scale_kind
 from .dispatch import KernelCache  # noqa: F401  (re-exported: the transforms' cache type)
+from .dispatch import check_like
 
 SOURCE = Path(__file__).with_name("cuda_c_coupling.cu")
 #: The template instantiations compiled (NVRTC name expressions).
@@ -114,14 +115,6 @@ def _device(rt, name: str, what: str, a):
     return a
 
 
-def _check_like(name: str, what: str, a, like, width: int):
-    want = (like.shape[0], width * like.shape[1]) + tuple(like.shape[2:])
-    if tuple(a.shape) != want:
-        raise ValueError(f"{name}: {what} has shape {tuple(a.shape)}, expected {want}")
-    if np.dtype(a.dtype) != np.dtype(like.dtype):
-        raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
-
-
 def _device_vector(rt, name, gl, like):
     if not rt.is_array(gl) or tuple(gl.shape) != (like.shape[0],) or np.dtype(gl.dtype) != np.dtype(like.dtype):
         raise ValueError(
@@ -181,7 +174,7 @@ def _direction(rt, name, xb, h, scale, inverse, threads, blocks):
     kind, c = scale_kind(scale)
     x = _device(rt, name, "x", xb)
     hh = _device(rt, name, "h", h)
-    _check_like(name, "h", hh, x, 2)
+    check_like(name, "h", hh, x, 2)
     dtype = np.dtype(x.dtype)
     n = x.shape[0]
     m = x.size // max(n, 1)
@@ -203,8 +196,8 @@ def _vjp(rt, name, xb, h, g, glogdet, scale, inverse, threads, blocks):
     x = _device(rt, name, "x", xb)
     hh = _device(rt, name, "h", h)
     gg = _device(rt, name, "cotangent", g)
-    _check_like(name, "h", hh, x, 2)
-    _check_like(name, "cotangent", gg, x, 1)
+    check_like(name, "h", hh, x, 2)
+    check_like(name, "cotangent", gg, x, 1)
     gl = _device_vector(rt, name, glogdet, x)
     dtype = np.dtype(x.dtype)
     n = x.shape[0]

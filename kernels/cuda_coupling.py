@@ -50,7 +50,9 @@ from numba import cuda, float64  # noqa: E402
 
 from .._array import _is_cupy  # noqa: E402
 from .cpu_coupling import scale_kind  # noqa: E402
+from ._cuda_arrays import device_view  # noqa: E402
 from .dispatch import KernelCache  # noqa: E402, F401  (re-exported: the transforms' cache type)
+from .dispatch import check_like  # noqa: E402
 
 #: default threads per block (a multiple of 32: the log-det reduction works in whole warps).
 THREADS = 256
@@ -192,30 +194,7 @@ def _kernels(dtype_name: str, threads: int):
 
 # ------------------------------------------------------------------ host-side entry points
 def _device(name: str, what: str, a):
-    """A numba view of device array ``a`` (no copy), checked: floating, C-contiguous, ndim ≥ 2."""
-    if isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: {what} is a NumPy (host) array; pass a device array or use the CPU kernels")
-    if hasattr(a, "copy_to_host") and hasattr(a, "is_c_contiguous"):
-        arr = a  # numba device array (or the simulator's)
-    elif hasattr(a, "__cuda_array_interface__"):
-        arr = cuda.as_cuda_array(a)
-    else:
-        raise ValueError(f"{name}: {what} must be a CUDA device array, got {type(a).__name__}")
-    if np.dtype(arr.dtype) not in (np.float32, np.float64):
-        raise ValueError(f"{name}: {what} must be float32 or float64, got {arr.dtype}")
-    if len(arr.shape) < 2:
-        raise ValueError(f"{name}: {what} must have shape (N, C, ...), got {tuple(arr.shape)}")
-    if not arr.is_c_contiguous():
-        raise ValueError(f"{name}: {what} must be C-contiguous (copy it first)")
-    return arr
-
-
-def _check_like(name: str, what: str, a, like, width: int):
-    want = (like.shape[0], width * like.shape[1]) + tuple(like.shape[2:])
-    if tuple(a.shape) != want:
-        raise ValueError(f"{name}: {what} has shape {tuple(a.shape)}, expected {want}")
-    if np.dtype(a.dtype) != np.dtype(like.dtype):
-        raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
+    return device_view(name, what, a, min_ndim=2)
 
 
 def _rows2d(a):
@@ -265,7 +244,7 @@ def _direction(name, xb, h, scale, inverse, threads, blocks):
     kind, c = scale_kind(scale)
     x = _device(name, "x", xb)
     hh = _device(name, "h", h)
-    _check_like(name, "h", hh, x, 2)
+    check_like(name, "h", hh, x, 2)
     dtype = np.dtype(x.dtype)
     threads, blocks = _launch_config(name, x.shape[0], threads, blocks)
     x2, h2 = _rows2d(x), _rows2d(hh)
@@ -281,8 +260,8 @@ def _vjp(name, xb, h, g, glogdet, scale, inverse, threads, blocks):
     x = _device(name, "x", xb)
     hh = _device(name, "h", h)
     gg = _device(name, "cotangent", g)
-    _check_like(name, "h", hh, x, 2)
-    _check_like(name, "cotangent", gg, x, 1)
+    check_like(name, "h", hh, x, 2)
+    check_like(name, "cotangent", gg, x, 1)
     gl = _device_vector(name, glogdet, x)
     dtype = np.dtype(x.dtype)
     threads, blocks = _launch_config(name, x.shape[0], threads, blocks)

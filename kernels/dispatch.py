@@ -50,6 +50,16 @@ class ActNormCache(NamedTuple):
     kernels: Any
 
 
+def check_like(name: str, what: str, a, like, width: int) -> None:
+    """``a`` must be shaped like the x block ``like`` with ``width`` times its channels (``h``: 2,
+    a cotangent: 1) and share its dtype; raises ``ValueError`` naming ``name`` and ``what``."""
+    want = (like.shape[0], width * like.shape[1]) + tuple(like.shape[2:])
+    if tuple(a.shape) != want:
+        raise ValueError(f"{name}: {what} has shape {tuple(a.shape)}, expected {want}")
+    if np.dtype(a.dtype) != np.dtype(like.dtype):
+        raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
+
+
 def _is_device(x) -> bool:
     return type(x).__module__.split(".", 1)[0] == "cupy"
 
