@@ -32,6 +32,7 @@ import numpy as np
 
 from .._array import Array, namespace
 from ..cnn import Act  # noqa: F401 - re-exported: the interop nets are built from it
+from ..cnn import _Sequential
 from ..nets import Activation
 
 
@@ -150,12 +151,13 @@ class ResidualMLP:
         return gh @ params["in"]["w"], gparams
 
 
-class SequentialCNN:
+class SequentialCNN(_Sequential):
     """Named image layers applied in order (``[(name, layer), ...]``); layers whose ``init`` returns
-    ``None`` hold no parameters. ``in_features``/``out_features`` are the first/last layer's channels."""
+    ``None`` hold no parameters. ``in_features``/``out_features`` are the first/last layer's channels.
+    :class:`rawflow.cnn`'s sequential container with an input check."""
 
     def __init__(self, layers):
-        self.layers = list(layers)
+        super().__init__(layers)
         widths = [layer for _, layer in self.layers if hasattr(layer, "in_features")]
         if not widths:
             raise ValueError("SequentialCNN: needs at least one layer with channels (a convolution)")
@@ -168,26 +170,8 @@ class SequentialCNN:
 
     def init(self, rng, x):
         self._check(x)
-        params = {}
-        for name, layer in self.layers:
-            p = layer.init(rng, x)
-            if p is not None:
-                params[name] = p
-            x = layer.apply(p, x)[0]
-        return params
+        return super().init(rng, x)
 
     def apply(self, params, x):
         self._check(x)
-        caches = []
-        for name, layer in self.layers:
-            x, cache = layer.apply(params.get(name), x)
-            caches.append(cache)
-        return x, caches
-
-    def backward(self, params, caches, gy):
-        gparams = {}
-        for (name, layer), cache in zip(reversed(self.layers), reversed(caches)):
-            gy, gp = layer.backward(params.get(name), cache, gy)
-            if gp is not None:
-                gparams[name] = gp
-        return gy, gparams
+        return super().apply(params, x)
