@@ -66,7 +66,7 @@ ARRAYS = {"forward": 4, "backward": 6, "fwd+bwd": 8}
 SCALES = {"exp": 0, "bounded": 1, "sigmoid": 2}
 
 CUDA_SOURCE = r"""
-// Fused affine coupling, elementwise part (rawflow.coupling.AffineTransform), float32.
+// Fused affine coupling, elementwise part (rawflow.bijectors.coupling.AffineTransform), float32.
 // Rows n = 0..N-1 of x (N, M), h = [h_s | t] (N, 2M); one block owns a row at a time (grid-stride
 // over rows), threads stride the row's columns, 4 at a time (float4) when M % 4 == 0.
 // kind 0: exp (log s = h); 1: bounded (log s = c*tanh(h/c)); 2: sigmoid (s = sigmoid(h + 2)).
@@ -323,7 +323,7 @@ class Skip(Exception):
 def reference64(cp, x, h, gy, gl, scale):
     """float64 outputs of every op and the scale of their terms (rawflow's reference on CuPy)."""
     from rawflow import AffineTransform
-    from rawflow.scales import scale_map
+    from rawflow.bijectors.scales import scale_map
 
     x, h, gy, gl = (a.astype(cp.float64) for a in (x, h, gy, gl))
     tr = AffineTransform(scale)

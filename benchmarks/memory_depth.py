@@ -4,7 +4,7 @@
     python benchmarks/memory_depth.py --glow [--ks 4 16 64]       # whole multi-scale Glow, splits included
 
 Memory is measured with ``tracemalloc`` (NumPy buffers), above what was alive before the step and
-excluding the returned gradients (see :func:`rawflow.memory.peak_step_memory`). Deterministic: the
+excluding the returned gradients (see :func:`rawflow.training.memory.peak_step_memory`). Deterministic: the
 figures do not depend on machine load, unlike timings.
 """
 
@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from rawflow import AdditiveCoupling, AffineCoupling, Chain, tree
-from rawflow.memory import peak_step_memory
+from rawflow.training.memory import peak_step_memory
 
 
 def coupling_stack(features: int, depth: int, reconstruct: bool, hidden=(64, 64)) -> Chain:
@@ -28,7 +28,7 @@ def coupling_stack(features: int, depth: int, reconstruct: bool, hidden=(64, 64)
 
 
 def glow_table(ks, batch: int = 32, width: int = 16, shape=(1, 8, 8)) -> None:
-    from rawflow.architectures import glow
+    from rawflow.models.architectures import glow
 
     x = np.random.default_rng(0).uniform(size=(batch, *shape))
     print(f"Glow L=2, width {width}, images {shape}, batch {batch}, float64 (K flow steps per level)")

@@ -11,7 +11,7 @@ import numpy as np
 def glow_model(cfg: dict, backend: str = "reference"):
     """``FlowModel(glow(K, L, width, shape), StandardNormal)``; ``backend`` for its kernels."""
     from rawflow import FlowModel, StandardNormal
-    from rawflow.architectures import glow
+    from rawflow.models.architectures import glow
 
     kw = {}
     if backend != "reference" and "backend" in inspect.signature(glow).parameters:
@@ -36,7 +36,7 @@ def set_backend(bijector, backend: str) -> list[str]:
     flow to ``backend``. Returns what was switched. (rawflow layers are immutable by contract;
     this rewires a flow the benchmark has just built and owns, before any use.)"""
     from rawflow import ActNorm, AdditiveTransform, AffineTransform, Chain, Coupling
-    from rawflow.multiscale import MultiScale
+    from rawflow.bijectors.multiscale import MultiScale
 
     actnorm_backend = "backend" in inspect.signature(ActNorm.__init__).parameters
     done = []

@@ -41,7 +41,7 @@ QUICK_CONV = [(2, 4, 4, 4)]
 
 def _weight(c, dtype, rng):
     """A well-conditioned, non-orthogonal ``W`` (random orthogonal times a random positive diagonal)."""
-    from rawflow.linear import random_orthogonal
+    from rawflow.bijectors.linear import random_orthogonal
 
     q = random_orthogonal(c, int(rng.integers(2**31)))
     return (q * np.exp(0.3 * rng.standard_normal(c))[None, :]).astype(dtype)
@@ -68,7 +68,7 @@ def _ref_logdet(inp, opts):
 
 
 def _columns(a):
-    from rawflow.linear import to_columns
+    from rawflow.bijectors.linear import to_columns
 
     return to_columns(a)
 
@@ -78,7 +78,7 @@ def _ref_forward(inp, opts):
 
     x, w = inp[:2]
     z, ld, _ = DenseLinear(w.shape[0], spatial=2)._forward({"weight": w}, x)
-    from rawflow.linear import from_columns
+    from rawflow.bijectors.linear import from_columns
 
     zscale = from_columns(np.abs(w) @ np.abs(_columns(x)), x.shape)
     hw = math.prod(x.shape[2:])
@@ -87,7 +87,7 @@ def _ref_forward(inp, opts):
 
 def _ref_backward(inp, opts):
     from rawflow import DenseLinear
-    from rawflow.linear import from_columns
+    from rawflow.bijectors.linear import from_columns
 
     x, w, gz, gl = inp
     layer = DenseLinear(w.shape[0], spatial=2)

@@ -1,7 +1,7 @@
 """Suite ``coupling``: the elementwise part of an affine coupling, forward / inverse / backward.
 
 Operations (``x: (N, M)``, ``h = [h_s | t]: (N, 2M)``, ``gy: (N, M)``, ``glogdet: (N,)``, ``scale``
-one of ``"exp" | "sigmoid" | "bounded"``; see :mod:`rawflow.coupling` for the maths)::
+one of ``"exp" | "sigmoid" | "bounded"``; see :mod:`rawflow.bijectors.coupling` for the maths)::
 
     coupling.forward(x, h, scale)               -> (y, logdet)       y = x·s + t, logdet = Σ log s
     coupling.inverse(y, h, scale)               -> (x, logdet_inv)   x = (y − t)/s
@@ -47,7 +47,7 @@ def _inputs(case, dtype, rng):
 
 
 def _parts64(h, scale):
-    from rawflow.scales import scale_map
+    from rawflow.bijectors.scales import scale_map
 
     m = h.shape[1] // 2
     log_s, dlog_s = scale_map(scale)(h[:, :m])

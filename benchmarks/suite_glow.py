@@ -1,6 +1,6 @@
 """Suite ``glow``: one full training step (mean NLL and its gradient for every parameter) of a Glow.
 
-The model is :func:`rawflow.architectures.glow` (squeeze → K × [ActNorm → LU 1×1 conv → affine
+The model is :func:`rawflow.models.architectures.glow` (squeeze → K × [ActNorm → LU 1×1 conv → affine
 coupling with Glow's CNN, ``sigmoid(h + 2)`` scale] → split with a learned conditional prior, L
 levels, learned top) under a standard normal prior. Rows:
 

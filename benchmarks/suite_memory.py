@@ -1,10 +1,10 @@
 """Suite ``memory``: activation memory of a training step against depth, cached vs reconstructing.
 
-A :class:`~rawflow.Chain` (and :class:`~rawflow.multiscale.MultiScale`) either keeps every
+A :class:`~rawflow.Chain` (and :class:`~rawflow.bijectors.multiscale.MultiScale`) either keeps every
 layer's cache for the backward pass (``reconstruct=False``, memory grows with depth) or keeps
 only its input and output and rebuilds each layer's input with its inverse during the backward
 (``reconstruct=True``). Rows per depth: one forward + backward of each, timed; ``peak MiB`` is
-the activation memory (:func:`rawflow.memory.peak_step_memory`: traced NumPy peak above the
+the activation memory (:func:`rawflow.training.memory.peak_step_memory`: traced NumPy peak above the
 state before the step, excluding the returned gradients); ``err`` on the reconstructing row is
 its worst relative gradient difference from the cached one; ``×base`` its speed against cached.
 Same models as ``benchmarks/memory_depth.py`` (coupling stacks, and Glow for ``K`` steps per level).
@@ -33,7 +33,7 @@ def _step(bijector, params, x, gz, gl):
 
 def _pair(ctx, case, build, x, params_fn):
     from rawflow import tree
-    from rawflow.memory import peak_step_memory
+    from rawflow.training.memory import peak_step_memory
 
     flows = {rec: build(rec) for rec in (False, True)}
     params = params_fn(flows[False])
@@ -69,7 +69,7 @@ def run(ctx: Context):
     for depth in cfg["depths"]:
         case = f"coupling stack depth {depth}, {cfg['batch']}×{cfg['features']} float64"
         rows += _pair(ctx, case, lambda rec, d=depth: coupling_stack(cfg["features"], d, rec), x, stack_params)
-    from rawflow.architectures import glow
+    from rawflow.models.architectures import glow
 
     xi = np.random.default_rng(ctx.opts.seed).uniform(size=(cfg["glow_batch"], 1, 8, 8))
     for k in cfg["glow_ks"]:

@@ -49,8 +49,8 @@ def _net(net, p, x):
     import torch
     import torch.nn.functional as F
 
-    from rawflow.cnn import Act, ChannelNorm, Conv2d, ZeroConv2d, _Residual, _Sequential
-    from rawflow.nets import MLP
+    from rawflow.nets.cnn import Act, ChannelNorm, Conv2d, ZeroConv2d, _Residual, _Sequential
+    from rawflow.nets.mlp import MLP
 
     if isinstance(net, MLP):
         n = len(net.widths) - 1
@@ -81,7 +81,7 @@ def _scale(transform, hs):
     import torch
     import torch.nn.functional as F
 
-    from rawflow.scales import BoundedScale, ExpScale, SigmoidScale
+    from rawflow.bijectors.scales import BoundedScale, ExpScale, SigmoidScale
 
     sm = transform.scale
     if isinstance(sm, ExpScale):
@@ -153,9 +153,9 @@ def forward(layer, p, x):
     import torch.nn.functional as F
 
     from rawflow import ActNorm, AdditiveTransform, AffineTransform, Chain, Coupling, DenseLinear, LULinear
-    from rawflow.multiscale import MultiScale
-    from rawflow.split import Split
-    from rawflow.squeeze import Flatten, Squeeze
+    from rawflow.bijectors.multiscale import MultiScale
+    from rawflow.bijectors.split import Split
+    from rawflow.bijectors.squeeze import Flatten, Squeeze
 
     zero = torch.zeros(x.shape[0], dtype=x.dtype)
     if isinstance(layer, MultiScale):
@@ -212,9 +212,9 @@ def inverse(layer, p, z):
     import torch.nn.functional as F
 
     from rawflow import ActNorm, AdditiveTransform, Chain, Coupling, DenseLinear, LULinear
-    from rawflow.multiscale import MultiScale
-    from rawflow.split import Split
-    from rawflow.squeeze import Flatten, Squeeze
+    from rawflow.bijectors.multiscale import MultiScale
+    from rawflow.bijectors.split import Split
+    from rawflow.bijectors.squeeze import Flatten, Squeeze
 
     if isinstance(layer, MultiScale):
         n, start, pieces = z.shape[0], 0, []

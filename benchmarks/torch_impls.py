@@ -51,7 +51,7 @@ def compile_fn(ctx, fn, warm):
 
 # ------------------------------------------------------------------------------------ coupling
 def coupling_parts(h, scale: str):
-    """``(log s, s, t)`` from ``h = [h_s | t]`` for the scale maps of :mod:`rawflow.scales`."""
+    """``(log s, s, t)`` from ``h = [h_s | t]`` for the scale maps of :mod:`rawflow.bijectors.scales`."""
     import torch
     import torch.nn.functional as F
 

@@ -9,6 +9,8 @@
 * :mod:`rawflow.kernels.cpu_actnorm` / :mod:`rawflow.kernels.cuda_actnorm`: fused ActNorm.
 * :mod:`rawflow.kernels.fastexp`: vectorisable ``exp``/``tanh``/``log1p`` for Numba CPU code.
 * :mod:`rawflow.kernels.dispatch`: what ``backend=`` on the transforms selects.
+* :mod:`rawflow.kernels.interface`: what the layers and every kernel module share (cache types,
+  scale-map codes, argument checks).
 
 The reference NumPy/CuPy path (:class:`rawflow.AffineTransform`) stays the default and the oracle;
 kernels are chosen explicitly (``backend="numba" | "cuda" | "cuda-c" | "auto"``), never by a global switch.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "SCALE_KINDS": "cpu_coupling",
+    "SCALE_KINDS": "interface",
     "actnorm_backward": "cpu_actnorm",
     "actnorm_forward": "cpu_actnorm",
     "actnorm_inverse": "cpu_actnorm",
@@ -31,7 +33,7 @@ _LAZY = {
     "affine_forward": "cpu_coupling",
     "affine_inverse": "cpu_coupling",
     "affine_inverse_backward": "cpu_coupling",
-    "scale_kind": "cpu_coupling",
+    "scale_kind": "interface",
     "fast_exp": "fastexp",
     "fast_log1p_unit": "fastexp",
     "fast_tanh": "fastexp",

@@ -39,7 +39,7 @@ For float64 data every stage is TwoSum-compensated: Ogita–Rump–Oishi's ``Sum
 tree, ``|ŝ − s| ≤ u|s| + γ²_n·Σ|t|`` (u = 2⁻⁵³, n terms). Per term the float64 product ``gz·z``
 is exact for float32 data and rounds once (≤ u|t|) for float64 data. Bounds in "term units"
 (``eps`` of the dtype × the sum of the magnitudes of the terms, as in
-``tests/test_kernels_cpu.py``), first order:
+``tests/kernels/test_kernels_cpu.py``), first order:
 
 * float64: ``g log_scale`` ≤ ½ (products) + ½ (the sum) + ½ (final ``+ P·Σgℓ`` rounding) = 1.5;
   the inverse's ``x + b`` adds ½ relative to ``|gx|·(|x| + |b|)``; ``g bias`` ≤ 1.5 (``e``,
@@ -63,7 +63,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ._launch import launch
-from .dispatch import ActNormCache  # noqa: F401  (re-exported: the layer's cache type)
+from .interface import ActNormCache  # noqa: F401  (re-exported: the layer's cache type)
 
 #: columns per task of the forward/inverse and of wide vectors' VJP (4·CB float64 accumulators: L1).
 CB = 512

@@ -1,6 +1,6 @@
 """Fused Numba CPU kernels for the elementwise part of affine and additive couplings.
 
-Same maths and the same argument convention as :class:`rawflow.coupling.AffineTransform`:
+Same maths and the same argument convention as :class:`rawflow.bijectors.coupling.AffineTransform`:
 ``xb: (N, C, ...)`` is the transformed part, ``h: (N, 2C, ...)`` the raw conditioner output with
 ``h_s = h[:, :C]`` and ``t = h[:, C:]``; rows are samples, everything after axis 0 is flattened
 to ``M`` columns (so ``h``'s row is ``[h_s | t]``, ``2M`` long). ``log s = scale_map(h_s)``::
@@ -61,10 +61,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..scales import BoundedScale, ExpScale, ScaleMap, SigmoidScale
 from ._launch import launch
 from .fastexp import fast_exp, fast_log1p_unit, fast_tanh_sech2
-from .dispatch import KernelCache  # noqa: F401  (re-exported: the transforms' cache type)
+from .interface import SCALE_KINDS, KernelCache, scale_kind  # noqa: F401  (KernelCache, SCALE_KINDS re-exported)
 
 #: log s chunk kept in a per-task scratch buffer between the elementwise loop and the reduction.
 CHUNK = 512
@@ -76,8 +75,6 @@ SERIAL_BELOW = 1 << 13
 #: rows of at most this many values take the flat short-row loops (see :func:`_rows_kernel`);
 #: measured: faster than the row functions up to 16 values, slower from 32.
 NARROW = 16
-
-SCALE_KINDS = {"exp": 0, "bounded": 1, "sigmoid": 2}
 
 
 # ------------------------------------------------------------------ typed constants
@@ -485,22 +482,6 @@ def _launch(kernel, size: int, *args) -> None:
 
 
 # ------------------------------------------------------------------ Python entry points
-def scale_kind(scale) -> tuple[int, float]:
-    """``(kind, c)`` for a scale-map name or :class:`~rawflow.scales.ScaleMap` the kernels implement.
-
-    Raises ``ValueError`` for anything else (a custom ScaleMap has no kernel).
-    """
-    if isinstance(scale, str):
-        if scale not in SCALE_KINDS:
-            raise ValueError(f"kernels: unknown scale map {scale!r}; use one of {sorted(SCALE_KINDS)}")
-        return SCALE_KINDS[scale], (2.0 if scale == "bounded" else 0.0)
-    if isinstance(scale, ScaleMap):
-        kinds = {ExpScale: 0, BoundedScale: 1, SigmoidScale: 2}
-        if type(scale) in kinds:
-            return kinds[type(scale)], float(getattr(scale, "c", 0.0))
-    raise ValueError(f"kernels: no kernel for scale map {scale!r} (have {sorted(SCALE_KINDS)})")
-
-
 def _rows(name: str, what: str, a, like=None, width: int = 1) -> np.ndarray:
     """``a`` as a C-contiguous ``(N, width·M)`` float array, checked against ``like`` (the x block)."""
     if not isinstance(a, np.ndarray):

@@ -46,7 +46,7 @@ from numba import config, cuda, float64  # noqa: E402  (after the NumPy shim abo
 
 from .._array import _is_cupy  # noqa: E402
 from ._cuda_arrays import device_view  # noqa: E402
-from .dispatch import ActNormCache  # noqa: E402, F401  (re-exported: the layer's cache type)
+from .interface import ActNormCache  # noqa: E402, F401  (re-exported: the layer's cache type)
 
 #: default threads per block (a power of two: the finalising tree reduction halves it).
 THREADS = 256

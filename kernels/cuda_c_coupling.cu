@@ -22,7 +22,7 @@
 //   rounding error corrected: no cancellation of 1 − tanh² near saturation.
 //
 // No #include: NVRTC compiles this without a host toolchain, and the tests compile the same file
-// with g++ against tests/cuda_emul/cuda_emul.h (blocks' threads as OS threads, real shuffles).
+// with g++ against tests/kernels/cuda_emul/cuda_emul.h (blocks' threads as OS threads, real shuffles).
 // blockDim.x must be a multiple of 32 (full warps for the shuffles) and at most 1024.
 
 template <typename T> struct rf_vec;

@@ -23,10 +23,10 @@ Layout: one block per row (grid-stride over rows), threads stride the row 16 byt
 256, fewer for rows too short to feed 8 warps). Results are bitwise reproducible for a given
 ``threads`` and path.
 
-Testing without a GPU: ``tests/test_kernels_cuda_c.py`` compiles the same ``.cu`` file with g++
-against ``tests/cuda_emul/cuda_emul.h`` (each block's threads run as OS threads, shuffles and
+Testing without a GPU: ``tests/kernels/test_kernels_cuda_c.py`` compiles the same ``.cu`` file with g++
+against ``tests/kernels/cuda_emul/cuda_emul.h`` (each block's threads run as OS threads, shuffles and
 barriers real) and checks every kernel against the long-double reference, and compiles it with
-NVRTC for sm_90; ``tests/gpu_check.py`` runs it on a device when one is lent.
+NVRTC for sm_90; ``tests/kernels/gpu_check.py`` runs it on a device when one is lent.
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cpu_coupling import scale_kind
-from .dispatch import KernelCache  # noqa: F401  (re-exported: the transforms' cache type)
-from .dispatch import check_like
+from .interface import KernelCache, check_like, scale_kind  # noqa: F401  (KernelCache re-exported: the transforms' cache type)
 
 SOURCE = Path(__file__).with_name("cuda_c_coupling.cu")
 #: The template instantiations compiled (NVRTC name expressions).
@@ -63,7 +61,7 @@ class CupyRuntime:
 
     The entry points take ``runtime=`` so the same host-side code (validation, the vector-path
     decision, the launch shape) can drive another implementation of this small interface; the
-    tests pass one that runs the ``.cu`` file compiled for the CPU (``tests/cuda_emul``).
+    tests pass one that runs the ``.cu`` file compiled for the CPU (``tests/kernels/cuda_emul``).
     """
 
     array_kind = "CuPy"

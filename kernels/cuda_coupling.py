@@ -20,7 +20,7 @@ CUDA simulator, which has no shuffles, the same exchange goes through shared mem
 arithmetic a GPU runs. NVVM may contract ``x·s + t`` into an FMA (one rounding instead of two:
 results can differ from the CPU kernels in the last bit, never by more than the tests' bounds);
 the compensated sums contain no products, so contraction cannot undo them. Compiled to PTX for
-sm_90 in CI (``tests/test_kernels_actnorm.py``, NVVM from the ``ptx`` extra); not yet run on
+sm_90 in CI (``tests/kernels/test_kernels_actnorm.py``, NVVM from the ``ptx`` extra); not yet run on
 hardware. Loads are scalar (numba has no 16-byte vector loads from a float array): the CUDA C
 twin, :mod:`.cuda_c_coupling`, has them.
 
@@ -49,10 +49,8 @@ import numba  # noqa: E402  (after the NumPy shim above)
 from numba import cuda, float64  # noqa: E402
 
 from .._array import _is_cupy  # noqa: E402
-from .cpu_coupling import scale_kind  # noqa: E402
 from ._cuda_arrays import device_view  # noqa: E402
-from .dispatch import KernelCache  # noqa: E402, F401  (re-exported: the transforms' cache type)
-from .dispatch import check_like  # noqa: E402
+from .interface import KernelCache, check_like, scale_kind  # noqa: E402, F401  (KernelCache re-exported: the transforms' cache type)
 
 #: default threads per block (a multiple of 32: the log-det reduction works in whole warps).
 THREADS = 256

@@ -1,7 +1,7 @@
 """The ``backend=`` choice of :class:`rawflow.AffineTransform` / :class:`rawflow.AdditiveTransform`
 (:func:`select`) and of :class:`rawflow.ActNorm` (:func:`select_actnorm`, at the end).
 
-* ``"reference"`` (default): the NumPy/CuPy code in :mod:`rawflow.coupling`, the oracle.
+* ``"reference"`` (default): the NumPy/CuPy code in :mod:`rawflow.bijectors.coupling`, the oracle.
 * ``"numba"``: :mod:`rawflow.kernels.cpu_coupling`; NumPy float32/float64 arrays only.
 * ``"cuda"``: :mod:`rawflow.kernels.cuda_coupling` (numba-cuda); CuPy (device) float32/float64
   arrays only. The additive transform has nothing to fuse on the device (``x + t`` is one CuPy
@@ -20,44 +20,9 @@ choice. This module imports no kernel module until one is selected.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import numpy as np
 
-
-class KernelCache(NamedTuple):
-    """A kernel backend's cache: the forward's input ``xb``, the raw ``h`` and the kernel module.
-
-    ``s`` and ``dlog s`` are recomputed by the VJP kernels. The forward and the inverse produce
-    the same structure (``xb`` is the inverse's output), so the caches stay interchangeable.
-    Each kernel module re-exports it, so the transforms build it as ``kernels.KernelCache``.
-    """
-
-    xb: Any
-    h: Any
-    kernels: Any
-
-
-class ActNormCache(NamedTuple):
-    """An ActNorm kernel backend's cache: the layer's input ``x``, its output ``z``, the kernel module.
-
-    ``backward`` reads ``z``, ``inverse_backward`` reads ``x`` (``u = x + bias`` is recomputed in
-    the kernel); forward and inverse caches are the same structure, hence interchangeable.
-    """
-
-    x: Any
-    z: Any
-    kernels: Any
-
-
-def check_like(name: str, what: str, a, like, width: int) -> None:
-    """``a`` must be shaped like the x block ``like`` with ``width`` times its channels (``h``: 2,
-    a cotangent: 1) and share its dtype; raises ``ValueError`` naming ``name`` and ``what``."""
-    want = (like.shape[0], width * like.shape[1]) + tuple(like.shape[2:])
-    if tuple(a.shape) != want:
-        raise ValueError(f"{name}: {what} has shape {tuple(a.shape)}, expected {want}")
-    if np.dtype(a.dtype) != np.dtype(like.dtype):
-        raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
+from .interface import SCALE_KINDS, scale_kind
 
 
 def _is_device(x) -> bool:
@@ -77,16 +42,14 @@ def _cuda_module():
 def select(owner: str, backend: str, scale, x, *, additive: bool = False):
     """The kernel module serving ``x`` under ``backend``, or ``None`` for the reference path.
 
-    ``scale`` is the affine transform's :class:`~rawflow.scales.ScaleMap` (ignored if ``additive``).
+    ``scale`` is the affine transform's :class:`~rawflow.bijectors.scales.ScaleMap` (ignored if ``additive``).
     """
     if backend == "reference":
         return None
-    from . import cpu_coupling
-
     supported = additive
     if not additive:
         try:
-            cpu_coupling.scale_kind(scale)
+            scale_kind(scale)
             supported = True
         except ValueError:
             supported = False
@@ -95,17 +58,19 @@ def select(owner: str, backend: str, scale, x, *, additive: bool = False):
     what = f"{type(x).__name__} of dtype {getattr(x, 'dtype', '?')}" + ("" if additive else f", scale map {scale!r}")
     if backend == "numba":
         if host and supported:
+            from . import cpu_coupling
+
             return cpu_coupling
         raise ValueError(
             f"{owner}: backend='numba' needs NumPy float32/float64 arrays"
-            + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
+            + ("" if additive else f" and a scale map with a kernel {sorted(SCALE_KINDS)}")
             + f"; got {what}"
         )
     if backend in ("cuda", "cuda-c"):
         if not (device and supported):
             raise ValueError(
                 f"{owner}: backend={backend!r} needs CuPy float32/float64 arrays"
-                + ("" if additive else f" and a scale map with a kernel {sorted(cpu_coupling.SCALE_KINDS)}")
+                + ("" if additive else f" and a scale map with a kernel {sorted(SCALE_KINDS)}")
                 + f"; got {what}"
             )
         if additive:
@@ -117,6 +82,8 @@ def select(owner: str, backend: str, scale, x, *, additive: bool = False):
         return _cuda_module()
     # auto
     if host and supported:
+        from . import cpu_coupling
+
         return cpu_coupling
     if device and supported and not additive:
         try:

@@ -18,7 +18,7 @@ Method (``exp``, Cody–Waite range reduction, no tables so no gathers)::
   below rounding even relative to ``q = r + r²·P(r) = expm1(r)``, which ``tanh`` uses on its own
   (one degree more than ``exp`` alone would need). Rounding: ``r`` (≤ ½ ulp of r ⇒ ≤ 0.25 ulp of
   the result), ``r²P`` (tiny weight), ``r + r²P`` (≤ ¼ ulp), ``1 + ·`` (½ ulp): a bound of ≈ 1.5
-  ulp. Measured (``tests/test_kernels_cpu.py``): ≤ 0.93 ulp float32, ≤ 0.94 ulp float64.
+  ulp. Measured (``tests/kernels/test_kernels_cpu.py``): ≤ 0.93 ulp float32, ≤ 0.94 ulp float64.
 
 ``tanh`` reuses the reduction on ``−2|x|``: with ``e^{−2|x|} = 2^k·(1 + q)``, ``q = expm1(r)``,
 ``tanh|x| = ((1 − 2^k) − 2^k·q) / ((1 + 2^k) + 2^k·q)`` with the rounding errors of numerator and

@@ -1,47 +1,84 @@
 """rawflow: exact, from-scratch NICE / RealNVP / Glow with hand-written forward, inverse and backward.
 
 Direction convention everywhere: forward = data → latent, ``logdet = log|det ∂z/∂x|`` per sample.
-The public API is re-exported here; internals live in one module per layer family.
+The public API is re-exported here from the subpackages, which follow the layers (imports go down):
+
+* :mod:`rawflow.app`: command line, demo, run folders, plots;
+* :mod:`rawflow.training`, :mod:`rawflow.check`, :mod:`rawflow.interop`: optimisers, loop and
+  checkpoints; the verification toolkit; maps to PyTorch flow libraries;
+* :mod:`rawflow.models`: ``FlowModel`` and the architecture builders;
+* :mod:`rawflow.bijectors`: the contract and every invertible layer (fused kernels in
+  :mod:`rawflow.kernels`);
+* :mod:`rawflow.nets`, :mod:`rawflow.distributions`: conditioner networks; priors;
+* :mod:`rawflow.data`, :mod:`rawflow.tree`: loaders and metrics; parameter trees.
 """
 
 from . import tree
-from .actnorm import ActNorm
-from .architectures import glow, nice, nice_images, realnvp, realnvp_multiscale
-from .bijector import Bijector
-from .chain import Chain
+from ._version import __version__  # noqa: F401  (rawflow.__version__)
+from .bijectors import (
+    ActNorm,
+    AdditiveCoupling,
+    AdditiveTransform,
+    AffineCoupling,
+    AffineTransform,
+    Bijector,
+    BoundedScale,
+    Chain,
+    ChannelCoupling,
+    ChannelRotationCoupling,
+    CheckerboardCoupling,
+    Coupling,
+    DenseLinear,
+    DiagonalScaling,
+    ExpScale,
+    Flatten,
+    GlowTopPrior,
+    Logit,
+    LULinear,
+    MultiScale,
+    Partition,
+    Permutation,
+    Reverse,
+    ScaleMap,
+    SigmoidScale,
+    Split,
+    Squeeze,
+    scale_map,
+)
 from .check import check_bijector, export_vectors, run_suite, verify_vectors
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .cnn import GlowCNN, ResNetCNN
-from .conv import conv2d, conv2d_backward
-from .coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
-from .datasets import (
+from .data import (
+    bits_per_dim,
     checkerboard,
     circles,
+    dequantize,
+    digits,
     eight_gaussians,
     eight_gaussians_log_prob,
+    independent_pixel_baseline,
+    load_images,
     make_2d,
     pinwheel,
     spirals,
     two_moons,
 )
-from .image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
-from .images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
-from .linear import DenseLinear, LULinear
-from .logit import Logit
-from .model import FlowModel
-from .multiscale import MultiScale
-from .nets import MLP
-from .optim import SGD, Adam, Adamax, clip_grad_norm, global_norm
-from .partition import Partition
-from .permutation import Permutation, Reverse
-from .priors import DiagonalGaussian, Prior, StandardLogistic, StandardNormal, Uniform
-from .scales import BoundedScale, ExpScale, ScaleMap, SigmoidScale, scale_map
-from .scaling import DiagonalScaling
-from .split import GlowTopPrior, Split
-from .squeeze import Flatten, Squeeze
-from .training import TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+from .distributions import DiagonalGaussian, Prior, StandardLogistic, StandardNormal, Uniform
+from .models import FlowModel, glow, nice, nice_images, realnvp, realnvp_multiscale
+from .nets import MLP, GlowCNN, ResNetCNN, conv2d, conv2d_backward
+from .training import (
+    SGD,
+    Adam,
+    Adamax,
+    CheckpointError,
+    TrainingDiverged,
+    clip_grad_norm,
+    evaluate_nll,
+    gaussian_baseline_nll,
+    global_norm,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ActNorm",

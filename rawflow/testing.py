@@ -28,10 +28,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from .chain import Chain
+from .bijectors.chain import Chain
 from .check.registry import SATURATED_H, Case, randomize
-from .coupling import AdditiveCoupling, AffineCoupling
-from .partition import Partition
+from .bijectors.coupling import AdditiveCoupling, AffineCoupling
+from .bijectors.partition import Partition
 
 SCALE_MAPS = ("exp", "bounded", "sigmoid")
 ACTIVATIONS = ("relu", "tanh", "leaky_relu")

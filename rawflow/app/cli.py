@@ -1,12 +1,12 @@
-"""Command line: ``rawflow <command> [options]`` (``python -m rawflow.cli`` works too).
+"""Command line: ``rawflow <command> [options]`` (``python -m rawflow`` works too).
 
 Commands:
 
 * ``demo``: a RealNVP on 8 Gaussians (held-out NLL against the true density's) and a small Glow on
   the 8×8 digits (held-out bits/dim against an independent-pixel baseline), with plots and
-  ``metrics.json`` (see :mod:`rawflow.demo`).
+  ``metrics.json`` (see :mod:`rawflow.app.demo`).
 * ``train``: NICE / RealNVP / Glow on a 2-D density, the digits, or the user's ``.npy``/``.npz``
-  arrays; checkpoints that resume bit for bit (see :mod:`rawflow.runs`).
+  arrays; checkpoints that resume bit for bit (see :mod:`rawflow.app.runs`).
 * ``sample``, ``interpolate``, ``eval``: use a trained run folder.
 * ``check``, ``vectors``, ``verify``, ``bench``: verification and benchmark tools with their own
   parsers (delegated).
@@ -96,7 +96,7 @@ def _hidden(text: str) -> list[int]:
 
 # ------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="rawflow",
@@ -138,7 +138,7 @@ def _add_demo(commands) -> None:
 
 
 def _add_train(commands) -> None:
-    from .datasets import DATASETS
+    from ..data.datasets import DATASETS
 
     p = commands.add_parser(
         "train", help="train NICE, RealNVP or Glow on a 2-D density, the digits or your .npy/.npz data",
@@ -248,20 +248,20 @@ DELEGATED_HELP = {
 
 def _delegated(name: str):
     if name == "check":
-        from .check import run_check_cli
+        from ..check import run_check_cli
 
         return run_check_cli
     if name == "vectors":
-        from .check import run_vectors_cli
+        from ..check import run_vectors_cli
 
         return run_vectors_cli
     if name == "verify":
-        from .interop import run_verify_cli
+        from ..interop import run_verify_cli
 
         return run_verify_cli
     if name == "bench":
         try:
-            from .benchmarks import main as run_bench
+            from ..benchmarks import main as run_bench
         except ImportError:
             def run_bench(argv):
                 _err("bench", "the benchmarks are not installed with this rawflow (reinstall: pip install -e .), "
@@ -380,7 +380,7 @@ def _resume_config(args) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
+    from ..training.checkpoint import CheckpointError
     from .runs import CHECKPOINT, RunDiverged, RunError, make_config, run_training
 
     if not _folder_for_output("train", args.out):
@@ -431,7 +431,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ sample / interpolate
 def _load_run(command: str, run_dir: str):
     """``(params, model, cfg, step)``, or an exit code after printing why the run cannot be used."""
-    from .checkpoint import CheckpointError
+    from ..training.checkpoint import CheckpointError
     from .runs import RunError, load_params
 
     try:
@@ -454,7 +454,7 @@ def run_sample(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
-        from ._array import to_numpy
+        from .._array import to_numpy
         from .runs import quantize
 
         rng = np.random.default_rng(args.seed)
@@ -497,7 +497,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
-        from ._array import to_numpy
+        from .._array import to_numpy
         from .runs import RunError, device_namespace, eval_inputs, load_data, quantize
 
         try:
@@ -564,8 +564,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _other_data(cfg: dict, args, run_data):
-    """All of ``--data`` as the test split of a :class:`~rawflow.runs.Data` shaped like the run's."""
-    from .datasets import DATASETS, make_2d
+    """All of ``--data`` as the test split of a :class:`~rawflow.app.runs.Data` shaped like the run's."""
+    from ..data.datasets import DATASETS, make_2d
     from .runs import Data, RunError, read_array
 
     shape = tuple(cfg["event_shape"])
@@ -573,7 +573,7 @@ def _other_data(cfg: dict, args, run_data):
     if name in DATASETS:
         x = make_2d(name, args.n, np.random.default_rng(args.seed))
     elif name == "digits":
-        from .images import digits
+        from ..data.images import digits
 
         x = digits()[0]
     else:

@@ -1,14 +1,14 @@
 """``rawflow demo``: two trainings whose results are checked in the same run.
 
 (a) A RealNVP on 8 Gaussians. The density is known in closed form
-    (:func:`rawflow.datasets.eight_gaussians_log_prob`), so the flow's held-out NLL is compared with
+    (:func:`rawflow.data.datasets.eight_gaussians_log_prob`), so the flow's held-out NLL is compared with
     the true density's NLL on the same held-out points: their difference estimates
     ``KL(p ‖ p_model)``, which the demo requires below 0.05 nats.
 (b) A small Glow on the 8×8 digits (17 grey levels, uniform dequantisation). Its held-out bits/dim
     must beat independent per-pixel categorical distributions fitted to the same training images
-    (:func:`rawflow.images.independent_pixel_baseline`, exact under the same dequantisation).
+    (:func:`rawflow.data.images.independent_pixel_baseline`, exact under the same dequantisation).
 
-Both are ordinary runs (:mod:`rawflow.runs`) in ``OUT/eight_gaussians`` and ``OUT/digits``, so
+Both are ordinary runs (:mod:`rawflow.app.runs`) in ``OUT/eight_gaussians`` and ``OUT/digits``, so
 ``rawflow sample|interpolate|eval --run OUT/digits`` works on them afterwards. Plots:
 ``eight_gaussians_density.png`` (data | learned density | true density | samples),
 ``digits_samples.png`` (held-out digits next to samples at two temperatures),
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from .._version import __version__
 
 GAP_NATS = 0.05  # the 8-Gaussians claim: flow NLL − true NLL on the same held-out points
 
@@ -65,8 +65,8 @@ def _options(base: dict, quick: dict | None, seed: int) -> dict:
 
 def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> int:
     from . import plots
-    from ._array import to_numpy
-    from .datasets import eight_gaussians_log_prob
+    from .._array import to_numpy
+    from ..data.datasets import eight_gaussians_log_prob
     from .runs import RunDiverged, eval_inputs, load_data, load_params, make_config, quantize, run_training
 
     start = time.perf_counter()

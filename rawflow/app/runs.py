@@ -17,11 +17,11 @@ from any checkpoint therefore continues the uninterrupted run's loss trajectory 
 machine and BLAS). A NaN/Inf loss raises :class:`RunDiverged` *before* anything is written, so
 the last good checkpoint stays as it was.
 
-Data: 2-D densities by name (:data:`rawflow.datasets.DATASETS`), ``"digits"``, or a ``.npy`` /
+Data: 2-D densities by name (:data:`rawflow.data.datasets.DATASETS`), ``"digits"``, or a ``.npy`` /
 ``.npz`` file of ``(N, D)`` floats (vectors) or ``(N, C, H, W)`` / ``(N, H, W)`` integers (images,
 dequantised ``(v + u)/n_bins`` with fresh noise for every training batch and fixed noise for
 validation/test). Image inputs are centred (``x − ½``, volume-preserving) or passed through a
-:class:`~rawflow.logit.Logit` layer that is part of the model, so NLLs and bits/dim always refer
+:class:`~rawflow.bijectors.logit.Logit` layer that is part of the model, so NLLs and bits/dim always refer
 to the dequantised data.
 """
 
@@ -37,13 +37,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__, arrayfile
-from . import tree as _tree
-from ._array import to_numpy
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .datasets import DATASETS, eight_gaussians_log_prob, make_2d
-from .model import FlowModel
-from .training import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+from .._version import __version__
+from ..data import arrayfile
+from .. import tree as _tree
+from .._array import to_numpy
+from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..data.datasets import DATASETS, eight_gaussians_log_prob, make_2d
+from ..models.model import FlowModel
+from ..training.loop import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
@@ -150,7 +151,7 @@ def load_data(cfg: dict) -> Data:
         x = make_2d(name, cfg["n_samples"], np.random.default_rng([cfg["seed"], SEED_DATA]))
         return Data(name, "vector", *_split(x, cfg), event_shape=(2,))
     if name == "digits":
-        from .images import digits
+        from ..data.images import digits
 
         images, n_bins = digits()
         return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=n_bins)
@@ -210,7 +211,7 @@ def quantize(cfg: dict, x) -> np.ndarray:
 def eval_inputs(cfg: dict, data: Data, split: str, xp=np):
     """Model inputs for a split (``"train"``, ``"val"``, ``"test"``): images dequantised with noise
     fixed by the seed and the split, so every evaluation of a run sees the same inputs."""
-    from .images import dequantize
+    from ..data.images import dequantize
 
     x = getattr(data, split)
     if data.kind == "vector":
@@ -275,9 +276,9 @@ def build_model(cfg: dict) -> FlowModel:
 
 
 def _build_model(cfg: dict) -> FlowModel:
-    from . import architectures as arch
-    from .chain import Chain
-    from .priors import StandardNormal
+    from ..models import architectures as arch
+    from ..bijectors.chain import Chain
+    from ..distributions.priors import StandardNormal
 
     a, model, kind, backend = cfg["arch"], cfg["model"], cfg["kind"], cfg["backend"]
     shape = tuple(cfg["event_shape"])
@@ -299,14 +300,14 @@ def _build_model(cfg: dict) -> FlowModel:
         else:
             flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
         if preprocess(cfg) == "logit":
-            from .logit import Logit
+            from ..bijectors.logit import Logit
 
             flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
     return FlowModel(flow, StandardNormal((math.prod(shape),)))
 
 
 def make_optimizer(cfg: dict):
-    from .optim import SGD, Adam, Adamax
+    from ..training.optim import SGD, Adam, Adamax
 
     lr0, steps, warmup, cosine = cfg["lr"], cfg["steps"], cfg["warmup"], cfg["schedule"] == "cosine"
 
@@ -559,10 +560,10 @@ def _shaped_like(reference: dict, t: dict, xp) -> dict:
 
 # ------------------------------------------------------------------------------------ training
 def _host_batches(cfg: dict, data: Data, xp):
-    """``(train_array, batch_fn)`` for :func:`rawflow.training.train`."""
+    """``(train_array, batch_fn)`` for :func:`rawflow.training.loop.train`."""
     if data.kind == "vector":
         return xp.asarray(data.train.astype(cfg["dtype"])), None
-    from .images import dequantize
+    from ..data.images import dequantize
 
     def batch_fn(rows, rng):  # fresh dequantisation noise every batch, drawn from the run's generator
         return xp.asarray(to_model_space(cfg, dequantize(rows, data.n_bins, rng, cfg["dtype"])))
@@ -596,7 +597,7 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
     nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024)
     out: dict[str, Any] = {f"{p}nll": nll, f"{p}n": int(len(rows))}
     if data.kind == "image":
-        from .images import bits_per_dim, independent_pixel_baseline
+        from ..data.images import bits_per_dim, independent_pixel_baseline
 
         out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
         out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
@@ -621,7 +622,7 @@ def run_training(
 
     ``hook(step, loss)`` runs after every optimiser step (global 1-based step). Raises
     :class:`RunDiverged` on a NaN/Inf loss (no file is written after the last good checkpoint),
-    :class:`~rawflow.checkpoint.CheckpointError` for an unusable checkpoint, :class:`RunError`.
+    :class:`~rawflow.training.checkpoint.CheckpointError` for an unusable checkpoint, :class:`RunError`.
     """
     import time
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from ._channel import ChannelBijector, channel_view, constant_logdet, positions, sum_but_channel
 
 
@@ -71,7 +71,7 @@ class ActNorm(ChannelBijector):
         """
         if self.backend == "reference":
             return None
-        from .kernels.dispatch import select_actnorm
+        from ..kernels.dispatch import select_actnorm
 
         return select_actnorm(self.name, self.backend, x)
 

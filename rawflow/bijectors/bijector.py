@@ -16,7 +16,7 @@ Direction convention: **forward = data → latent** (the training direction). Fo
 * ``cache`` describes a *point* of the bijection (an ``(x, z)`` pair and intermediates). The cache
   returned by ``forward`` and the one returned by ``inverse`` at the matching point are
   interchangeable: ``backward`` and ``inverse_backward`` accept either. That is what lets a chain
-  rebuild a layer's cache from its output alone (see :class:`rawflow.chain.Chain`).
+  rebuild a layer's cache from its output alone (see :class:`rawflow.bijectors.chain.Chain`).
 * The public methods validate their inputs and raise ``ValueError`` naming the layer; subclasses
   implement the unchecked ``_forward``, ``_inverse``, ``_backward``, ``_inverse_backward``, which a
   chain calls directly once it has validated its own input.
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from . import tree as _tree
-from ._array import Array, namespace
+from .. import tree as _tree
+from .._array import Array, namespace
 
 
 class Bijector(ABC):

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._array import Array
+from .._array import Array
 from .bijector import Bijector
 
 

@@ -4,7 +4,7 @@ Forward (data → latent), with ``h = NN(x_a)`` from a conditioner network:
 
 * additive (NICE):   ``y_b = x_b + t``,            ``t = h``,               ``log|det| = 0``
 * affine (RealNVP):  ``y_b = x_b ⊙ s + t``,        ``h = [h_s, t]``,        ``log|det| = Σ log s``
-  with ``log s = scale_map(h_s)`` (``exp``, ``bounded``, ``sigmoid``; see :mod:`rawflow.scales`).
+  with ``log s = scale_map(h_s)`` (``exp``, ``bounded``, ``sigmoid``; see :mod:`rawflow.bijectors.scales`).
 
 The inverse, ``x_b = (y_b − t) / s``, evaluates the same network on ``y_a = x_a`` and never
 inverts it. ``h_s`` is the first half of the network's output channels and ``t`` the second.
@@ -39,9 +39,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from .bijector import Bijector
-from .nets import MLP
+from ..nets.mlp import MLP
 from .partition import Partition
 from .scales import ScaleMap, scale_map
 
@@ -64,7 +64,7 @@ def _kernels(owner, x, scale=None, additive=False):
     """
     if owner.backend == "reference":
         return None
-    from .kernels.dispatch import select
+    from ..kernels.dispatch import select
 
     return select(type(owner).__name__, owner.backend, scale, x, additive=additive)
 
@@ -155,7 +155,7 @@ class AffineTransform:
 class Coupling(Bijector):
     """A coupling layer on ``(N, D)`` data: partition + conditioner + elementwise transform.
 
-    ``params = {"net": conditioner params}``. The default conditioner is an :class:`~rawflow.nets.MLP`
+    ``params = {"net": conditioner params}``. The default conditioner is an :class:`~rawflow.nets.mlp.MLP`
     from ``|a|`` to ``multiplier·|b|`` features with a zero-initialised last layer, so the layer
     starts as the identity.
     """

@@ -1,13 +1,13 @@
 """Coupling layers for images ``x: (N, C, H, W)`` with convolutional conditioners.
 
-The elementwise maps are :class:`~rawflow.coupling.AffineTransform` (every scale map: ``exp``,
-``bounded``, ``sigmoid``) and :class:`~rawflow.coupling.AdditiveTransform`; see
-:mod:`rawflow.coupling` for their maths and VJPs. Three ways to choose the copied part ``a``:
+The elementwise maps are :class:`~rawflow.bijectors.coupling.AffineTransform` (every scale map: ``exp``,
+``bounded``, ``sigmoid``) and :class:`~rawflow.bijectors.coupling.AdditiveTransform`; see
+:mod:`rawflow.bijectors.coupling` for their maths and VJPs. Three ways to choose the copied part ``a``:
 
-* :class:`ChannelCoupling` — a channel :class:`~rawflow.partition.Partition` (default: first ``⌊C/2⌋``
+* :class:`ChannelCoupling` — a channel :class:`~rawflow.bijectors.partition.Partition` (default: first ``⌊C/2⌋``
   channels copied; ``flip=True`` copies the others, so alternate ``flip`` from layer to layer).
   ``h = NN(x_a)`` with ``NN: |a| → m·|b|`` channels (``m = 2`` affine, ``1`` additive); this is the
-  vector :class:`~rawflow.coupling.Coupling` with an image event shape.
+  vector :class:`~rawflow.bijectors.coupling.Coupling` with an image event shape.
 * :class:`ChannelRotationCoupling` — the lecture note's rotation: channel ``step mod C`` copied, the
   other ``C − 1`` transformed; layer ``k`` of a stack uses ``step=k``, so each channel is copied in turn.
 * :class:`CheckerboardCoupling` — RealNVP's spatial mask ``m[i, j] = 1`` where ``(i + j) mod 2 = p``
@@ -33,9 +33,9 @@ The elementwise maps are :class:`~rawflow.coupling.AffineTransform` (every scale
   and the inverse VJP is the same with ``T⁻¹ᵀ``. The conditioner's gradient at the masked (zeroed)
   positions is discarded: those inputs are constants.
 
-The conditioner is any object with the CNN protocol of :mod:`rawflow.cnn`
+The conditioner is any object with the CNN protocol of :mod:`rawflow.nets.cnn`
 (``in_features``/``out_features`` channels, ``init``, ``apply``, ``backward``), or ``"glow"``
-(:class:`~rawflow.cnn.GlowCNN`, default) / ``"resnet"`` (:class:`~rawflow.cnn.ResNetCNN`) built
+(:class:`~rawflow.nets.cnn.GlowCNN`, default) / ``"resnet"`` (:class:`~rawflow.nets.cnn.ResNetCNN`) built
 with ``width`` hidden channels. Its last layer is zero-initialised, so a fresh ``exp``/``bounded``
 affine or additive coupling is the identity map. ``params = {"net": conditioner params}``.
 ``backend=`` picks who computes the elementwise transform (``"reference"``, the default and the
@@ -49,9 +49,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._array import namespace
+from .._array import namespace
 from .bijector import Bijector
-from .cnn import GlowCNN, ResNetCNN
+from ..nets.cnn import GlowCNN, ResNetCNN
 from .coupling import AdditiveTransform, AffineTransform, Coupling
 from .partition import Partition
 from .scales import ScaleMap

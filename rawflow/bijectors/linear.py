@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from ._array import Array, logabsdet, namespace, solve_triangular
+from .._array import Array, logabsdet, namespace, solve_triangular
 from ._channel import ChannelBijector, _readonly, constant_logdet, positions
 
 

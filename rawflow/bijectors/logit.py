@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ._array import namespace, sigmoid, softplus
+from .._array import namespace, sigmoid, softplus
 from .bijector import Bijector
 
 

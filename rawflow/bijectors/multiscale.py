@@ -1,8 +1,8 @@
 """Multi-scale flows (RealNVP, Glow): levels that each factor out part of their channels.
 
 ``MultiScale(levels, keep, image_shape)`` maps images ``x: (N, C, H, W)`` to one flat latent
-``z: (N, C·H·W)``. Level ``l`` (any bijector, typically a :class:`~rawflow.chain.Chain` ending in a
-:class:`~rawflow.split.Split`) maps its input to ``h_l``; its first ``keep[l]`` channels go on to level
+``z: (N, C·H·W)``. Level ``l`` (any bijector, typically a :class:`~rawflow.bijectors.chain.Chain` ending in a
+:class:`~rawflow.bijectors.split.Split`) maps its input to ``h_l``; its first ``keep[l]`` channels go on to level
 ``l + 1`` and the rest, ``ε_l``, leave the flow::
 
     h_0 = level_0(x);     ε_0 = h_0[:, keep_0:],   x_1 = h_0[:, :keep_0]
@@ -11,7 +11,7 @@
 
 With Glow's split prior inside each level (``Split`` standardises the factored half with a mean and
 log-std computed from the kept half), a standard normal prior on ``z`` is exactly Glow's
-multi-scale likelihood; the last level may end with a zero-initialised :class:`~rawflow.actnorm.ActNorm`
+multi-scale likelihood; the last level may end with a zero-initialised :class:`~rawflow.bijectors.actnorm.ActNorm`
 (``data_init=False``): a learned top prior. Parameters: ``{"0": level_0 params, "1": ...}``.
 
 VJPs: ``gz`` is cut into the same pieces; going back from the last level, each level receives
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ._array import namespace
+from .._array import namespace
 from .bijector import Bijector
 
 

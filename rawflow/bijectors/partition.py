@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 
 
 class Partition:

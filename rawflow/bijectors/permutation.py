@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from ._channel import ChannelBijector, _readonly
 
 

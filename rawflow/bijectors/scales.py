@@ -11,7 +11,7 @@ Each map returns ``(log_s, dlog_s)`` with ``dlog_s = d(log s)/dh``; the coupling
 
 from __future__ import annotations
 
-from ._array import Array, namespace, sech2, sigmoid, softplus
+from .._array import Array, namespace, sech2, sigmoid, softplus
 
 
 class ScaleMap:
@@ -26,6 +26,7 @@ class ScaleMap:
 
 class ExpScale(ScaleMap):
     name = "exp"
+    kernel_name = "exp"  # the fused kernels implement exactly this class (rawflow.kernels.interface)
 
     def log_scale(self, h):
         return h, namespace(h).ones_like(h)
@@ -33,6 +34,7 @@ class ExpScale(ScaleMap):
 
 class BoundedScale(ScaleMap):
     name = "bounded"
+    kernel_name = "bounded"
 
     def __init__(self, c: float = 2.0):
         if not c > 0:
@@ -49,6 +51,7 @@ class BoundedScale(ScaleMap):
 
 class SigmoidScale(ScaleMap):
     name = "sigmoid"
+    kernel_name = "sigmoid"
 
     def log_scale(self, h):
         u = h + 2

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from ._channel import ChannelBijector, channel_view, constant_logdet, positions, sum_but_channel
 
 

@@ -4,13 +4,13 @@
 ``C₁ = ⌊C/2⌋`` (Glow's ``z[..., :n_z // 2]``), and the factored-out half ``x₂ = x[:, C₁:]`` (``C₂ = C − C₁``
 channels). ``x₂`` is scored under a Gaussian whose parameters come from the kept half::
 
-    h = ZeroConv2d(x₁)            (C₁ → 2C₂ channels, 3×3, zero-initialised; see rawflow.cnn)
+    h = ZeroConv2d(x₁)            (C₁ → 2C₂ channels, 3×3, zero-initialised; see rawflow.nets.cnn)
     μ = h[:, 0::2],  ℓ = h[:, 1::2],  σ = exp(ℓ)        (Glow's interleaved "cross" split of h)
     log p(x₂ | x₁) = Σ_{c,h,w} [ −ε²/2 − ℓ − log(2π)/2 ],    ε = (x₂ − μ) / σ
 
 At init ``h ≡ 0``: the factored-out half is scored under ``N(0, I)``.
 
-As a :class:`~rawflow.bijector.Bijector` the split is the standardisation of the factored-out half,
+As a :class:`~rawflow.bijectors.bijector.Bijector` the split is the standardisation of the factored-out half,
 a map of ``(N, C, H, W)`` onto itself with the output laid out as ``[x₁ | ε]`` along channels::
 
     forward:  z = [x₁, ε],           logdet     = −Σ ℓ          (per sample)
@@ -36,7 +36,7 @@ with ``logp = logdet + log N(ε; 0, I)`` in both directions, hence the extra cot
 ``−glogp ⊙ ε`` on ``ε``. ``unfactor``'s ``logp`` is the density of ``x₂`` under the untempered
 conditional ``N(μ, σ²)`` (what ``factor`` returns at that point). ``eps`` is Glow's ``eps`` (the
 standardised factored-out latent), which Glow's reverse pass consumes. Glow's ``split2d`` also squeezes
-the kept half afterwards; here that is a separate :class:`~rawflow.squeeze.Squeeze`.
+the kept half afterwards; here that is a separate :class:`~rawflow.bijectors.squeeze.Squeeze`.
 
 **Top prior.** :class:`GlowTopPrior` is Glow's ``learn_top``: ``h = Conv2dZeros(0)`` over the top
 latent's shape, ``μ = h[:, :C]``, ``ℓ = h[:, C:]`` (first/second half, unlike the split's interleaving).
@@ -53,10 +53,10 @@ import math
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from .bijector import Bijector
-from .cnn import ZeroConv2d
-from .priors import Prior
+from ..nets.cnn import ZeroConv2d
+from ..distributions.priors import Prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -77,7 +77,7 @@ def _std_normal_logp(eps: Array) -> Array:
 class Split(Bijector):
     """Glow's split prior as a bijector ``[x₁, x₂] ↦ [x₁, (x₂ − μ(x₁)) / σ(x₁)]``; see the module doc.
 
-    ``params = {"prior": {"w", "b", "logs"}}`` (the :class:`~rawflow.cnn.ZeroConv2d`).
+    ``params = {"prior": {"w", "b", "logs"}}`` (the :class:`~rawflow.nets.cnn.ZeroConv2d`).
     """
 
     def __init__(self, channels: int, *, kernel: int = 3, logscale_factor: float = 3.0):

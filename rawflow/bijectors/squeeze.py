@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from .bijector import Bijector
 
 

@@ -1,4 +1,4 @@
-"""Command-line entry points (wired into ``rawflow check`` and ``rawflow vectors`` by :mod:`rawflow.cli`).
+"""Command-line entry points (wired into ``rawflow check`` and ``rawflow vectors`` by :mod:`rawflow.app.cli`).
 
     rawflow check [--family F ...] [--case NAME ...] [--dtype float64 float32] [--json FILE] [--full] [--list]
     rawflow vectors export DIR [--family F ...] [--case NAME ...] [--seed S]

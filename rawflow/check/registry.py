@@ -18,15 +18,15 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .. import tree
-from ..actnorm import ActNorm
-from ..architectures import nice, realnvp
-from ..chain import Chain
-from ..coupling import AdditiveCoupling, AffineCoupling
-from ..linear import DenseLinear, LULinear
-from ..logit import Logit
-from ..partition import Partition
-from ..permutation import Permutation, Reverse
-from ..scaling import DiagonalScaling
+from ..bijectors.actnorm import ActNorm
+from ..models.architectures import nice, realnvp
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
+from ..bijectors.linear import DenseLinear, LULinear
+from ..bijectors.logit import Logit
+from ..bijectors.partition import Partition
+from ..bijectors.permutation import Permutation, Reverse
+from ..bijectors.scaling import DiagonalScaling
 
 
 class Case(NamedTuple):
@@ -178,9 +178,9 @@ def model_cases() -> list[Case]:
 
 def image_cases() -> list[Case]:
     """Image layers on tiny (N, C, H, W) batches: squeeze, split, channel / rotation / checkerboard couplings."""
-    from ..image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
-    from ..split import Split
-    from ..squeeze import Squeeze
+    from ..bijectors.image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
+    from ..bijectors.split import Split
+    from ..bijectors.squeeze import Squeeze
 
     def noisy(layer, seed, shape, scale=0.05):
         rng = np.random.default_rng(seed)
@@ -206,7 +206,7 @@ def image_model_cases() -> list[Case]:
     """Small full image flows, memory-lean backward: a one-level Glow (squeeze, ActNorm, LU 1×1 conv,
     affine coupling with Glow's CNN, learned top) and a two-level RealNVP (checkerboard and channel
     couplings, squeeze, split). Kept small: the complex step covers every parameter column."""
-    from ..architectures import glow, realnvp_multiscale
+    from ..models.architectures import glow, realnvp_multiscale
 
     out = []
     for name, flow, seed in (

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import tree
-from ..chain import Chain
-from ..coupling import AffineTransform, Coupling
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AffineTransform, Coupling
 from . import oracles, registry
 from .probe import Probe
 from .records import Report, compare, verdict
@@ -170,7 +170,7 @@ def _field_kind(key: str) -> str | None:
 
 def export_vectors(directory, families=None, names=None, seed: int = 0) -> dict:
     """Write ``<case>.npz`` for the registered cases (optionally only ``names``) and ``manifest.json``."""
-    from .. import __version__
+    from .._version import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

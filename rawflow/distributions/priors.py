@@ -32,8 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import tree as _tree
-from ._array import Array, namespace, softplus
+from .. import tree as _tree
+from .._array import Array, namespace, softplus
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

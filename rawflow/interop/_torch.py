@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .. import tree
-from ..cnn import ChannelNorm, Conv2d
-from ..nets import MLP
+from ..nets.cnn import ChannelNorm, Conv2d
+from ..nets.mlp import MLP
 from .nets import Act, SequentialCNN
 
 DTYPE = torch.float64
@@ -240,7 +240,7 @@ def _check_conv(conv: nn.Conv2d, what: str) -> int:
     )
     if not ok:
         raise ValueError(
-            f"{what}: only stride-1, 'same'-zero-padded, odd square convolutions map to rawflow.cnn.Conv2d, "
+            f"{what}: only stride-1, 'same'-zero-padded, odd square convolutions map to rawflow.nets.cnn.Conv2d, "
             f"got {conv}"
         )
     return k[0]

@@ -23,7 +23,7 @@ FrEIA                              rawflow
 ``SequenceINN`` (import only)      ``Chain`` (same order)
 =================================  =====================================================================
 
-Subnets: ``nn.Sequential`` of ``Linear``/activations (vectors, :class:`rawflow.nets.MLP`) or
+Subnets: ``nn.Sequential`` of ``Linear``/activations (vectors, :class:`rawflow.nets.mlp.MLP`) or
 ``Conv2d``/activations (images, :class:`~rawflow.interop.nets.SequentialCNN`). The clamp activation
 is recognised from the block's ``f_clamp`` by evaluating it (FrEIA keeps only the function).
 ``split_len=0.5`` is ``round(0.5·C)``, Python's round-half-to-even: 5 channels split 2 + 3, 7
@@ -42,13 +42,13 @@ from torch import nn
 import FrEIA.modules as Fm
 from FrEIA.framework import SequenceINN
 
-from ..actnorm import ActNorm
-from ..chain import Chain
-from ..coupling import AdditiveTransform, AffineTransform, Coupling
-from ..image_coupling import ChannelCoupling
-from ..nets import MLP
-from ..partition import Partition
-from ..permutation import Permutation
+from ..bijectors.actnorm import ActNorm
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AdditiveTransform, AffineTransform, Coupling
+from ..bijectors.image_coupling import ChannelCoupling
+from ..nets.mlp import MLP
+from ..bijectors.partition import Partition
+from ..bijectors.permutation import Permutation
 from .maps import ClampScale
 from .nets import Parallel, SequentialCNN
 from ._torch import DTYPE, Binding, read_cnn, read_mlp, set_parameters, to_numpy, write_cnn, write_mlp
@@ -306,7 +306,7 @@ def _cnn(i, o, hidden=6):
 
 def cases(seed: int = 0) -> list:
     """Zero-argument callables comparing every mapped layer, imported and exported."""
-    from ..cnn import Conv2d
+    from ..nets.cnn import Conv2d
     from .compare import case_pair, random_params
     from .nets import Act
 

@@ -1,6 +1,6 @@
 """An LU-factorised linear layer whose fixed factors (P, sign) are given rather than drawn.
 
-:class:`~rawflow.linear.LULinear` draws ``P`` and ``sign`` from a seed at construction (Glow's
+:class:`~rawflow.bijectors.linear.LULinear` draws ``P`` and ``sign`` from a seed at construction (Glow's
 init). A peer's layer comes with its own: nflows and zuko have no permutation (``P = I``) and a
 positive (nflows) or free (zuko) diagonal; normflows stores ``P`` and ``sign_S`` as buffers.
 :class:`FactoredLULinear` is ``LULinear`` with those two buffers passed in; everything else (maths,
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import namespace
-from .._channel import ChannelBijector, _readonly
-from ..linear import LULinear
+from ..bijectors._channel import ChannelBijector, _readonly
+from ..bijectors.linear import LULinear
 
 
 class FactoredLULinear(LULinear):

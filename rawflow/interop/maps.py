@@ -1,7 +1,7 @@
 """Peer definitions that rawflow's own scale maps and transforms do not cover, written the rawflow way.
 
 Pure NumPy/CuPy (no torch): each class here is an ordinary rawflow piece (a
-:class:`~rawflow.scales.ScaleMap` or an elementwise coupling transform with a hand-written VJP),
+:class:`~rawflow.bijectors.scales.ScaleMap` or an elementwise coupling transform with a hand-written VJP),
 complex-step safe, and verified by :mod:`rawflow.check` like every other layer. They exist so a
 peer's layer can be reproduced *exactly*, operation for operation, instead of approximately.
 
@@ -25,7 +25,7 @@ Transform::
 
 is the *shift-then-scale* order of OpenAI's Glow code (``z2 += shift; z2 *= scale``) and of
 normflows' data→latent direction (``(z2 − shift)·scale``, i.e. ``t = −shift``). rawflow's
-:class:`~rawflow.coupling.AffineTransform` scales first (``y_b = x_b ⊙ s + t``). The two families
+:class:`~rawflow.bijectors.coupling.AffineTransform` scales first (``y_b = x_b ⊙ s + t``). The two families
 are the same set of maps (``t_rawflow = t·s``) but not the same function of the conditioner's
 output, so a peer's weights only carry over with the matching transform. VJPs (cotangents ``gy``
 and ``gℓ``; ``u = x_b + t = y_b / s``)::
@@ -42,8 +42,8 @@ from __future__ import annotations
 import math
 
 from .._array import namespace, sigmoid
-from ..coupling import AffineTransform
-from ..scales import ScaleMap, scale_map
+from ..bijectors.coupling import AffineTransform
+from ..bijectors.scales import ScaleMap, scale_map
 
 _ATAN_FACTOR = 0.636  # FrEIA's literal constant (≈ 2/π, which would be 0.63662)
 

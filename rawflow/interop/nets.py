@@ -1,8 +1,8 @@
 """Conditioner networks of the peers, rebuilt from rawflow pieces with hand-written backward passes.
 
-Same protocol as :class:`rawflow.nets.MLP` (``init``, ``apply``, ``backward``, ``in_features``,
+Same protocol as :class:`rawflow.nets.mlp.MLP` (``init``, ``apply``, ``backward``, ``in_features``,
 ``out_features``), so any of them can be handed to a rawflow coupling. Linear layers use PyTorch's
-layout ``y = x @ w.T + b`` with ``w: (out, in)``; convolutions are :class:`rawflow.cnn.Conv2d`.
+layout ``y = x @ w.T + b`` with ``w: (out, in)``; convolutions are :class:`rawflow.nets.cnn.Conv2d`.
 
 * :class:`Parallel` — several networks reading the same input, outputs concatenated along axis 1
   (FrEIA's RNVP block and normflows' ``MaskedAffineFlow`` use separate ``s`` and ``t`` networks;
@@ -20,7 +20,7 @@ layout ``y = x @ w.T + b`` with ``w: (out, in)``; convolutions are :class:`rawfl
       gW_2 = ghᵀ q,  gb_2 = Σ gh,  gW_1 = gpᵀ a,  gb_1 = Σ gp
 
 * :class:`SequentialCNN` — a plain stack of named layers for images (normflows' ``ConvNet2d``, FrEIA
-  convolutional subnets): :class:`rawflow.cnn.Conv2d`, :class:`rawflow.cnn.ChannelNorm` and
+  convolutional subnets): :class:`rawflow.nets.cnn.Conv2d`, :class:`rawflow.nets.cnn.ChannelNorm` and
   :class:`Act` (elementwise ``relu`` / ``leaky_relu`` / ``tanh``).
 """
 
@@ -31,9 +31,9 @@ from typing import Sequence
 import numpy as np
 
 from .._array import Array, namespace
-from ..cnn import Act  # noqa: F401 - re-exported: the interop nets are built from it
-from ..cnn import _Sequential
-from ..nets import Activation
+from ..nets.cnn import Act  # noqa: F401 - re-exported: the interop nets are built from it
+from ..nets.cnn import _Sequential
+from ..nets.mlp import Activation
 
 
 class Parallel:
@@ -154,7 +154,7 @@ class ResidualMLP:
 class SequentialCNN(_Sequential):
     """Named image layers applied in order (``[(name, layer), ...]``); layers whose ``init`` returns
     ``None`` hold no parameters. ``in_features``/``out_features`` are the first/last layer's channels.
-    :class:`rawflow.cnn`'s sequential container with an input check."""
+    :class:`rawflow.nets.cnn`'s sequential container with an input check."""
 
     def __init__(self, layers):
         super().__init__(layers)

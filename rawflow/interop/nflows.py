@@ -13,7 +13,7 @@ nflows                                        rawflow
                                               blocks are swapped
 ``AdditiveCouplingTransform(mask, net_fn)``   ``AdditiveCoupling`` (same net, rows unchanged)
 net = ``ResidualNet`` (no context/BN/dropout) :class:`~rawflow.interop.nets.ResidualMLP`
-net = :class:`ContextFree` ``Sequential``     :class:`rawflow.nets.MLP`
+net = :class:`ContextFree` ``Sequential``     :class:`rawflow.nets.mlp.MLP`
 ``LULinear(D, eps)``                          ``Chain([FactoredLULinear(D), ActNorm(D)])``: P = I,
                                               sign = +1, ``log_scale = log(softplus(u) + eps)``;
                                               nflows' bias is the ActNorm's ``bias`` with its
@@ -46,12 +46,12 @@ from nflows.transforms import (
     Permutation as NfPermutation,
 )
 
-from ..actnorm import ActNorm
-from ..chain import Chain
-from ..coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
-from ..nets import MLP
-from ..partition import Partition
-from ..permutation import Permutation
+from ..bijectors.actnorm import ActNorm
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
+from ..nets.mlp import MLP
+from ..bijectors.partition import Partition
+from ..bijectors.permutation import Permutation
 from .lu import FactoredLULinear
 from .maps import OffsetSigmoidScale
 from .nets import ResidualMLP

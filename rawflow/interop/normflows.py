@@ -20,7 +20,7 @@ normflows                              rawflow
                                        negated. The net's output is interleaved ``[shift₀, scale₀, …]``.
                                        Split ``"channel"`` copies the first ⌈C/2⌉ channels
                                        (``chunk``), ``"channel_inv"`` the last ⌊C/2⌋.
-``ConvNet2d`` (``actnorm=True``,       :class:`rawflow.cnn.GlowCNN` with the output ``logs`` pinned at
+``ConvNet2d`` (``actnorm=True``,       :class:`rawflow.nets.cnn.GlowCNN` with the output ``logs`` pinned at
 ``leaky=0``, kernels ``(k, 1, k)``)    0 (normflows has no ``exp(3·logs)`` output scale)
 ``ConvNet2d`` (other)                  :class:`~rawflow.interop.nets.SequentialCNN`
 ``MaskedAffineFlow(b, t, s)``          ``Coupling`` (vectors; nets read the zero-padded ``b·x``: only
@@ -77,18 +77,18 @@ from normflows.distributions import GlowBase
 from normflows.nets import ConvNet2d, MLP as NfMLP
 from normflows.utils.nn import ActNorm as NetActNorm
 
-from ..actnorm import ActNorm
-from ..chain import Chain
-from ..cnn import ChannelNorm, GlowCNN
-from ..coupling import AdditiveCoupling, AdditiveTransform, Coupling
-from ..image_coupling import ChannelCoupling, CheckerboardCoupling
-from ..linear import DenseLinear, LULinear
-from ..nets import MLP
-from ..partition import Partition
-from ..permutation import Permutation
-from ..scales import ExpScale, SigmoidScale
-from ..split import GlowTopPrior, Split
-from ..squeeze import Squeeze
+from ..bijectors.actnorm import ActNorm
+from ..bijectors.chain import Chain
+from ..nets.cnn import ChannelNorm, GlowCNN
+from ..bijectors.coupling import AdditiveCoupling, AdditiveTransform, Coupling
+from ..bijectors.image_coupling import ChannelCoupling, CheckerboardCoupling
+from ..bijectors.linear import DenseLinear, LULinear
+from ..nets.mlp import MLP
+from ..bijectors.partition import Partition
+from ..bijectors.permutation import Permutation
+from ..bijectors.scales import ExpScale, SigmoidScale
+from ..bijectors.split import GlowTopPrior, Split
+from ..bijectors.squeeze import Squeeze
 from .lu import FactoredLULinear
 from .maps import NegatedScale, ShiftScaleTransform
 from .nets import Parallel, SequentialCNN
@@ -786,7 +786,7 @@ def _conv_seq(c_in, c_out, hidden):
 
 
 def _cnn_layers(c_in, c_out, hidden, kernels=(3, 1, 3)):
-    from ..cnn import Conv2d
+    from ..nets.cnn import Conv2d
     from .nets import Act
 
     widths = [c_in] + [hidden] * (len(kernels) - 1) + [c_out]

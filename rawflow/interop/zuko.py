@@ -50,12 +50,12 @@ from zuko.transforms import (
     PermutationTransform,
 )
 
-from ..chain import Chain
-from ..coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
-from ..linear import LULinear
-from ..nets import MLP
-from ..partition import Partition
-from ..permutation import Permutation
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
+from ..bijectors.linear import LULinear
+from ..nets.mlp import MLP
+from ..bijectors.partition import Partition
+from ..bijectors.permutation import Permutation
 from .lu import FactoredLULinear
 from .maps import SoftclipScale
 from ._torch import DTYPE, Binding, read_mlp, set_parameters, to_numpy

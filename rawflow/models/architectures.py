@@ -1,4 +1,4 @@
-"""Ready-made flows for ``(N, D)`` data, each a :class:`~rawflow.chain.Chain` of couplings.
+"""Ready-made flows for ``(N, D)`` data, each a :class:`~rawflow.bijectors.chain.Chain` of couplings.
 
 Consecutive couplings alternate which half of the features is copied (``flip`` on odd layers), so
 no feature is only ever copied. Every coupling starts as the identity (zero last conditioner layer).
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .chain import Chain
-from .coupling import AdditiveCoupling, AffineCoupling
-from .scaling import DiagonalScaling
+from ..bijectors.chain import Chain
+from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
+from ..bijectors.scaling import DiagonalScaling
 
 
 def _check(name: str, features: int, n_couplings: int) -> None:
@@ -62,8 +62,8 @@ def nice(
 # ---------------------------------------------------------------------------- images (N, C, H, W)
 def _mixer(kind: str, channels: int, seed: int):
     """Glow's channel mixing between couplings."""
-    from .linear import DenseLinear, LULinear
-    from .permutation import Permutation, Reverse
+    from ..bijectors.linear import DenseLinear, LULinear
+    from ..bijectors.permutation import Permutation, Reverse
 
     if kind == "lu":
         return LULinear(channels, spatial=2, seed=seed)
@@ -100,7 +100,7 @@ def glow(
     seed: int = 0,
 ):
     """Glow (Kingma & Dhariwal, 2018): ``L`` levels of squeeze → ``K`` × [ActNorm → 1×1 mixing →
-    coupling] → split, returning a :class:`~rawflow.multiscale.MultiScale` onto a flat latent.
+    coupling] → split, returning a :class:`~rawflow.bijectors.multiscale.MultiScale` onto a flat latent.
 
     ``coupling``: ``"affine"`` (scale map ``scale``, Glow's code uses ``sigmoid(h + 2)``) or
     ``"additive"``; conditioners are Glow's conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU →
@@ -109,11 +109,11 @@ def glow(
     split prior); ``learn_top`` ends the last level with a zero-initialised ActNorm, i.e. a learned
     diagonal Gaussian top prior under a standard normal ``prior``. Use with ``StandardNormal((C·H·W,))``.
     """
-    from .actnorm import ActNorm
-    from .image_coupling import ChannelCoupling
-    from .multiscale import MultiScale
-    from .split import Split
-    from .squeeze import Squeeze
+    from ..bijectors.actnorm import ActNorm
+    from ..bijectors.image_coupling import ChannelCoupling
+    from ..bijectors.multiscale import MultiScale
+    from ..bijectors.split import Split
+    from ..bijectors.squeeze import Squeeze
 
     for label, v in (("K", K), ("L", L), ("width", width)):
         if isinstance(v, bool) or int(v) != v or v < 1:
@@ -155,10 +155,10 @@ def realnvp_multiscale(
     the last level is 4 checkerboard couplings. Conditioners: residual CNNs of ``width`` channels.
     The factored half is scored by Glow's split prior (a zero-initialised, hence initially standard
     normal, Gaussian conditioned on the kept half)."""
-    from .image_coupling import ChannelCoupling, CheckerboardCoupling
-    from .multiscale import MultiScale
-    from .split import Split
-    from .squeeze import Squeeze
+    from ..bijectors.image_coupling import ChannelCoupling, CheckerboardCoupling
+    from ..bijectors.multiscale import MultiScale
+    from ..bijectors.split import Split
+    from ..bijectors.squeeze import Squeeze
 
     if isinstance(L, bool) or int(L) != L or L < 1:
         raise ValueError(f"realnvp_multiscale: L must be a positive integer, got {L!r}")
@@ -189,14 +189,14 @@ def realnvp_multiscale(
 
 
 def _resnet(c_in, c_out, width, blocks):
-    from .cnn import ResNetCNN
+    from ..nets.cnn import ResNetCNN
 
     return ResNetCNN(c_in, c_out, int(width), int(blocks))
 
 
 def nice_images(image_shape, n_couplings: int = 4, hidden: Sequence[int] = (64, 64), *, reconstruct: bool = False):
     """NICE on flattened images: ``Flatten`` then :func:`nice` on ``C·H·W`` features."""
-    from .squeeze import Flatten
+    from ..bijectors.squeeze import Flatten
 
     flat = Flatten(image_shape)
     inner = nice(flat.size, n_couplings, hidden, reconstruct=reconstruct)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tree as _tree
-from ._array import Array, namespace
-from .bijector import Bijector
-from .chain import _shapes_compatible
-from .priors import Prior
+from .. import tree as _tree
+from .._array import Array, namespace
+from ..bijectors.bijector import Bijector
+from ..bijectors.chain import _shapes_compatible
+from ..distributions.priors import Prior
 
 
 class FlowModel:

@@ -1,12 +1,12 @@
 """Convolutional conditioner networks for image couplings (NCHW), with hand-written backward passes.
 
-Same protocol as :class:`rawflow.nets.MLP`, with ``in_features`` / ``out_features`` counting channels::
+Same protocol as :class:`rawflow.nets.mlp.MLP`, with ``in_features`` / ``out_features`` counting channels::
 
     params = net.init(rng, x)               # x: (N, in_features, H, W); data-dependent init from it
     y, cache = net.apply(params, x)         # y: (N, out_features, H, W)
     gx, gparams = net.backward(params, cache, gy)
 
-Building blocks (each keeps the protocol; convolutions from :mod:`rawflow.conv`, "same" padding):
+Building blocks (each keeps the protocol; convolutions from :mod:`rawflow.nets.conv`, "same" padding):
 
 * :class:`Conv2d`       ``y = conv(x, w) + b``.
 * :class:`ZeroConv2d`   Glow's ``Conv2dZeros``: ``y = (conv(x, w) + b) ⊙ exp(f·ℓ)`` per output channel,
@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 from .conv import conv2d, conv2d_backward
-from .nets import Activation
+from .mlp import Activation
 
 
 def _channel_sum(a: Array) -> Array:

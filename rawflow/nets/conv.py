@@ -23,7 +23,7 @@ The code takes its namespace from the inputs and runs unchanged on NumPy and CuP
 
 from __future__ import annotations
 
-from ._array import Array, namespace
+from .._array import Array, namespace
 
 
 def _check(x: Array, w: Array, b: Array | None) -> int:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._array import Array, namespace, sech2
+from .._array import Array, namespace, sech2
 
 
 class Activation:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from . import tree
-from ._array import to_numpy
+from .. import tree
+from .._array import to_numpy
 
 FORMAT = "rawflow-checkpoint"
 VERSION = 1

@@ -7,7 +7,7 @@ the initial parameters: the same inputs give bitwise-identical losses and parame
 Resuming: the only state besides ``params`` / ``opt_state`` is the generator's state
 (``rng.bit_generator.state``, a JSON-able dict) and the :class:`EpochLoader`'s position in the
 current epoch's permutation (``order``, ``pos``). Saving those between two ``train`` calls and
-restoring them continues the run bit for bit (``rawflow.runs`` does this through checkpoints), so
+restoring them continues the run bit for bit (``rawflow.app.runs`` does this through checkpoints), so
 one call of ``N`` steps equals any split of it into consecutive calls sharing a loader.
 """
 
@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ._array import Array, namespace, to_numpy
-from .model import FlowModel
+from .._array import Array, namespace, to_numpy
+from ..models.model import FlowModel
 from .optim import Optimizer, clip_grad_norm, global_norm
 
 

@@ -12,7 +12,6 @@ import tracemalloc
 
 import numpy as np
 
-from . import tree
 
 
 def peak_step_memory(bijector, params: dict, x: np.ndarray, seed: int = 0) -> dict:

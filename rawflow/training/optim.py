@@ -29,8 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import tree as _tree
-from ._array import namespace
+from .. import tree as _tree
+from .._array import namespace
 
 LearningRate = float | Callable[[int], float]
 
@@ -47,7 +47,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
     """Scale the whole tree by ``max_norm/‖g‖`` when ``‖g‖ > max_norm``; returns ``(grads, ‖g‖)``.
 
     ``‖g‖`` is the norm before clipping. A non-finite norm is returned with the gradients unchanged
-    (scaling cannot repair it; the caller decides, see :func:`rawflow.training.train`).
+    (scaling cannot repair it; the caller decides, see :func:`rawflow.training.loop.train`).
     """
     if not (max_norm > 0 and math.isfinite(max_norm)):
         raise ValueError(f"clip_grad_norm: max_norm must be positive and finite, got {max_norm!r}")

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from rawflow.cli import main
+from rawflow.app.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(*args, cwd):
-    # One BLAS thread: the subprocess shares 2 cores with the test runner (see rawflow.cli).
+    # One BLAS thread: the subprocess shares 2 cores with the test runner (see rawflow.app.cli).
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "rawflow.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "rawflow", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from rawflow.checkpoint import load_checkpoint
-from rawflow.cli import main
-from rawflow.runs import build_model, make_config
+from rawflow.training.checkpoint import load_checkpoint
+from rawflow.app.cli import main
+from rawflow.app.runs import build_model, make_config
 
 from test_cli import assert_png, run_cli
 

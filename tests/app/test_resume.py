@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rawflow import tree
-from rawflow.checkpoint import load_checkpoint, save_checkpoint
-from rawflow.cli import main
-from rawflow.runs import make_config, run_training
+from rawflow.training.checkpoint import load_checkpoint, save_checkpoint
+from rawflow.app.cli import main
+from rawflow.app.runs import make_config, run_training
 
 from test_cli import run_cli
 from test_cli_train import TINY_2D, images_file
@@ -75,12 +75,12 @@ def test_resuming_after_a_crash_reproduces_the_loss_trajectory(tmp_path):
 
 
 def test_ctrl_c_exits_130_and_names_the_way_back(tmp_path, capsys, monkeypatch):
-    import rawflow.runs
+    import rawflow.app.runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rawflow.runs, "run_training", interrupted)
+    monkeypatch.setattr(rawflow.app.runs, "run_training", interrupted)
     assert main(["train", *TINY_2D, "--steps", "3", "--out", str(tmp_path / "r")]) == 130
     assert "--resume" in capsys.readouterr().err
 
@@ -196,7 +196,7 @@ def test_corrupted_checkpoints_are_refused(good_run, tmp_path, capsys, name):
 def test_a_flip_anywhere_in_the_file_is_refused(good_run, tmp_path):
     """Every 97th byte position, zip bookkeeping included (local-header CRC and size copies,
     timestamps, the central directory), not only member data."""
-    from rawflow.checkpoint import CheckpointError
+    from rawflow.training.checkpoint import CheckpointError
 
     raw = (good_run / "checkpoint.npz").read_bytes()
     path = tmp_path / "checkpoint.npz"

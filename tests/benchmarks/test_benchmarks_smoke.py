@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _package():
@@ -250,7 +250,7 @@ def test_torch_baseline_is_the_same_model(kind):
     import torch
 
     from rawflow import FlowModel, StandardNormal, realnvp, tree
-    from rawflow.architectures import glow
+    from rawflow.models.architectures import glow
 
     tf = importlib.import_module(B.__name__ + ".torch_flows")
     shape = (6,) if kind == "realnvp" else (2, 8, 8)

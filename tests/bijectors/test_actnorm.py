@@ -12,7 +12,7 @@ from harness import (
     randomize,
 )
 from rawflow import Chain, tree
-from rawflow.actnorm import ActNorm
+from rawflow.bijectors.actnorm import ActNorm
 
 # NumPy's SIMD float32 exp and log are documented to ≤ 2.52 and ≤ 3.83 ulp (CUDA: expf ≤ 2, logf ≤ 1);
 # float64 exp/log are within 1 ulp. Bounds below count ulps of these functions explicitly.
@@ -117,7 +117,7 @@ def test_init_in_a_chain_sees_the_batch_at_its_depth():
 def test_roundtrip_both_directions(case, dtype):
     layer, params, x, _ = case
     params, x = cast(params, x, dtype)
-    # Derived in rawflow/actnorm.py: ≤ 2·eps·κ·max(‖x‖∞, ‖z‖∞) with κ = max over channels of max(e, 1/e).
+    # Derived in rawflow/bijectors/actnorm.py: ≤ 2·eps·κ·max(‖x‖∞, ‖z‖∞) with κ = max over channels of max(e, 1/e).
     kappa = float(np.exp(np.abs(params["log_scale"].astype(np.float64)).max()))
     check_roundtrip(layer, params, x, bound_ulps=2, kappa=kappa)
 

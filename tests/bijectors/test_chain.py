@@ -12,7 +12,7 @@ from harness import (
     rel_err,
 )
 from rawflow import AdditiveCoupling, AffineCoupling, Chain, tree
-from rawflow.memory import peak_step_memory
+from rawflow.training.memory import peak_step_memory
 
 
 def build_chain(d, depth, reconstruct, hidden=(8,), scale="exp", activation="tanh"):

@@ -15,12 +15,12 @@ from harness import (
     rel_err,
 )
 from rawflow import Chain, tree
-from rawflow.cnn import GlowCNN, ResNetCNN
-from rawflow.coupling import AffineTransform
-from rawflow.image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
-from rawflow.split import Split
-from rawflow.squeeze import Squeeze
-from test_cnn import (
+from rawflow.nets.cnn import GlowCNN, ResNetCNN
+from rawflow.bijectors.coupling import AffineTransform
+from rawflow.bijectors.image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
+from rawflow.bijectors.split import Split
+from rawflow.bijectors.squeeze import Squeeze
+from support.image_checks import (
     EXP_ULPS,
     U32,
     assert_within,
@@ -30,7 +30,7 @@ from test_cnn import (
     net_error_bounds,
     randomize_cnn,
 )
-from test_conv import check_complex_step
+from support.image_checks import check_complex_step
 
 # Examples for the costly checks (finite differences): half the profile's, at least 6.
 FEW = max(6, settings.default.max_examples // 2)
@@ -163,7 +163,7 @@ class Positions:
 def coupling_float32_bounds(layer, p64, u64, g64, gl64, gx64, direction):
     """First-order bounds on |float32 − float64| for ``(out, logdet, gx, gparams)``.
 
-    With ``δh`` the conditioner's bound (rawflow.cnn magnitudes, see test_cnn) and ``u = eps32/2``::
+    With ``δh`` the conditioner's bound (rawflow.nets.cnn magnitudes, see test_cnn) and ``u = eps32/2``::
 
         δlog s = |log s'|·δh_s + 4u·max(1, |log s|),    δs/s = δlog s + 4u       (exp within 4 ulp)
         forward  y_b = x_b·s + t:   δy_b = |x_b·s|(δs/s + u) + δt + u|y_b|

@@ -13,7 +13,7 @@ from harness import (
     randomize,
 )
 from rawflow import tree
-from rawflow.linear import DenseLinear, LULinear, random_orthogonal
+from rawflow.bijectors.linear import DenseLinear, LULinear, random_orthogonal
 
 EPS64 = np.finfo(np.float64).eps
 # NumPy's SIMD float32 exp is documented to ≤ 2.52 ulp (CUDA's expf: ≤ 2).

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import check_gradients, check_logdet, check_logdet_cancels, check_roundtrip, check_structure
-from rawflow.logit import Logit
+from rawflow.bijectors.logit import Logit
 
 
 @st.composite

@@ -5,9 +5,9 @@ import pytest
 
 from harness import check_gradients, check_logdet, check_roundtrip, rel_err
 from rawflow import FlowModel, StandardNormal, tree
-from rawflow.architectures import glow, nice_images, realnvp_multiscale
-from rawflow.images import bits_per_dim, dequantize
-from rawflow.memory import peak_step_memory
+from rawflow.models.architectures import glow, nice_images, realnvp_multiscale
+from rawflow.data.images import bits_per_dim, dequantize
+from rawflow.training.memory import peak_step_memory
 
 SHAPE = (1, 4, 4)
 

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import check_gradients, check_logdet, check_logdet_cancels, check_roundtrip, check_structure
-from rawflow.permutation import Permutation, Reverse
+from rawflow.bijectors.permutation import Permutation, Reverse
 
 
 @st.composite

@@ -12,7 +12,7 @@ from harness import (
     randomize,
 )
 from rawflow import tree
-from rawflow.scaling import DiagonalScaling
+from rawflow.bijectors.scaling import DiagonalScaling
 
 EPS32 = np.finfo(np.float32).eps
 # NumPy's SIMD float32 exp is documented to ≤ 2.52 ulp (CUDA's expf: ≤ 2), not correctly rounded.

@@ -17,9 +17,9 @@ from harness import (
     rel_err,
 )
 from rawflow import tree
-from rawflow.conv import conv2d
-from rawflow.split import GlowTopPrior, Split
-from test_cnn import (
+from rawflow.nets.conv import conv2d
+from rawflow.bijectors.split import GlowTopPrior, Split
+from support.image_checks import (
     EXP_ULPS,
     U32,
     assert_within,
@@ -30,7 +30,7 @@ from test_cnn import (
     net_error_bounds,
     randomize_cnn,
 )
-from test_conv import check_complex_step
+from support.image_checks import check_complex_step
 
 # Examples for the costly checks (finite differences): half the profile's, at least 6.
 FEW = max(6, settings.default.max_examples // 2)

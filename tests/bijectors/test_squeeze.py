@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from harness import check_gradients, check_logdet, check_logdet_cancels, check_roundtrip, rel_err
 from rawflow import Chain
-from rawflow.squeeze import Squeeze, squeeze2d, unsqueeze2d
+from rawflow.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 
 
 @st.composite

@@ -11,7 +11,7 @@ from rawflow import BoundedScale, MLP, AffineCoupling, Bijector, ScaleMap
 from rawflow._array import logabsdet, namespace
 from rawflow.check import check_bijector
 from rawflow.check.registry import randomize
-from rawflow.coupling import AffineTransform
+from rawflow.bijectors.coupling import AffineTransform
 
 FAST = dict(dtypes=("float64",), second_order=False)
 

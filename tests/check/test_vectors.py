@@ -14,7 +14,7 @@ import pytest
 from rawflow import AffineCoupling
 from rawflow.check import export_vectors, load_case, registry, run_vectors_cli, verify_vectors
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden"
 
 
 def test_committed_golden_set_verifies():

@@ -1,11 +1,11 @@
-"""``rawflow.arrayfile.read_array``: one array from ``.npy`` / ``.npz``, never through pickle."""
+"""``rawflow.data.arrayfile.read_array``: one array from ``.npy`` / ``.npz``, never through pickle."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rawflow.arrayfile import read_array
+from rawflow.data.arrayfile import read_array
 
 
 class Custom(ValueError):

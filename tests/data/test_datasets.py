@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
-from rawflow.datasets import (
+from rawflow.data.datasets import (
     DATASETS,
     EIGHT_GAUSSIANS_RADIUS,
     EIGHT_GAUSSIANS_STD,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from rawflow.images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
+from rawflow.data.images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
 
 
 def test_digits_ship_with_the_package_dependencies():

@@ -11,7 +11,7 @@ from scipy import stats
 
 from harness import FD_STEP, rel_err
 from rawflow import tree
-from rawflow.priors import DiagonalGaussian, StandardLogistic, StandardNormal, Uniform
+from rawflow.distributions.priors import DiagonalGaussian, StandardLogistic, StandardNormal, Uniform
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps

@@ -48,7 +48,7 @@ def test_engine_catches_a_wrong_gradient(monkeypatch):
     from rawflow.interop import zuko as peer
 
     case = peer.cases(0)[0]  # affine coupling, import
-    from rawflow.coupling import AffineTransform
+    from rawflow.bijectors.coupling import AffineTransform
 
     real = AffineTransform.backward
 

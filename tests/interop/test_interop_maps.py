@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from rawflow import AffineCoupling, Coupling, Partition, tree
 from rawflow.check import check_bijector, oracles
-from rawflow.cnn import ChannelNorm, Conv2d
-from rawflow.image_coupling import ChannelCoupling, CheckerboardCoupling
+from rawflow.nets.cnn import ChannelNorm, Conv2d
+from rawflow.bijectors.image_coupling import ChannelCoupling, CheckerboardCoupling
 from rawflow.interop.lu import FactoredLULinear
 from rawflow.interop.maps import ClampScale, NegatedScale, OffsetSigmoidScale, ShiftScaleTransform, SoftclipScale
 from rawflow.interop.nets import Act, Parallel, ResidualMLP, SequentialCNN
-from rawflow.nets import MLP
-from rawflow.scales import ExpScale, SigmoidScale
+from rawflow.nets.mlp import MLP
+from rawflow.bijectors.scales import ExpScale, SigmoidScale
 
 SCALES = [
     OffsetSigmoidScale(),

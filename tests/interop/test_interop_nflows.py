@@ -16,7 +16,7 @@ from nflows.transforms import (  # noqa: E402
 )
 
 from rawflow import AffineCoupling  # noqa: E402
-from rawflow.actnorm import ActNorm  # noqa: E402
+from rawflow.bijectors.actnorm import ActNorm  # noqa: E402
 from rawflow.interop import nflows as peer  # noqa: E402
 from rawflow.interop.compare import format_table  # noqa: E402
 

@@ -14,11 +14,11 @@ from normflows.flows import ActNorm as NfActNorm  # noqa: E402
 from normflows.flows import AffineConstFlow, AffineCoupling, AffineCouplingBlock, Composite, GlowBlock  # noqa: E402
 from normflows.nets import MLP as NfMLP  # noqa: E402
 
-from rawflow.chain import Chain  # noqa: E402
+from rawflow.bijectors.chain import Chain  # noqa: E402
 from rawflow.interop import normflows as peer  # noqa: E402
 from rawflow.interop.compare import format_table  # noqa: E402
 from rawflow.interop.maps import ShiftScaleTransform  # noqa: E402
-from rawflow.scales import SigmoidScale  # noqa: E402
+from rawflow.bijectors.scales import SigmoidScale  # noqa: E402
 
 CASES = peer.cases(seed=0)
 

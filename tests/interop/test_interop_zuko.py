@@ -10,7 +10,7 @@ zuko = pytest.importorskip("zuko")
 from rawflow import Chain  # noqa: E402
 from rawflow.interop import zuko as peer  # noqa: E402
 from rawflow.interop.compare import compare_binding, format_table  # noqa: E402
-from rawflow.linear import LULinear  # noqa: E402
+from rawflow.bijectors.linear import LULinear  # noqa: E402
 
 CASES = peer.cases(seed=0)
 

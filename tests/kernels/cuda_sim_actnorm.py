@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rawflow._channel import sum_but_channel  # noqa: E402
-from rawflow.actnorm import ActNorm  # noqa: E402
+from rawflow.bijectors._channel import sum_but_channel  # noqa: E402
+from rawflow.bijectors.actnorm import ActNorm  # noqa: E402
 
 LD = np.longdouble
 EXTENDED = np.finfo(LD).nmant >= 63

@@ -45,7 +45,7 @@ def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45), *, api=G, to
              to_host=host, threads=THREADS, blocks=BLOCKS, label="") -> None:
     """Every entry point of ``api`` (a coupling-kernel module: ``affine_forward`` … with ``threads=``
     and ``blocks=`` keywords) on one case, against the long-double oracle; arrays move with
-    ``to_device`` / ``to_host``. ``tests/test_kernels_cuda_c.py`` reuses it for the CUDA C kernels."""
+    ``to_device`` / ``to_host``. ``tests/kernels/test_kernels_cuda_c.py`` reuses it for the CUDA C kernels."""
     G, host = api, to_host  # noqa: N806  (the names the checks below were written with)
     rng = np.random.default_rng(seed)
     n, m = shape[0], shape[1]

@@ -1,5 +1,5 @@
 // C entry points that run kernels/cuda_c_coupling.cu on the CPU emulator (tests only; see
-// tests/test_kernels_cuda_c.py and tests/cuda_emul/build.py, which force-includes cuda_emul.h).
+// tests/kernels/test_kernels_cuda_c.py and tests/kernels/cuda_emul/build.py, which force-includes cuda_emul.h).
 // Each returns 0, or 1 if the launch failed (message: rf_emul_last_error()).
 #include "cuda_c_coupling.cu"
 

@@ -1,7 +1,7 @@
 """Prepared GPU check: every numba-cuda kernel against the NumPy reference, and a Glow training step
 on CuPy against NumPy. Run on a machine with a GPU and CuPy::
 
-    python tests/gpu_check.py            # exit 0: all passed (or skipped: no GPU / no CuPy)
+    python tests/kernels/gpu_check.py            # exit 0: all passed (or skipped: no GPU / no CuPy)
 
 Where no GPU or CuPy is available it prints why and exits 0 (``--simulate`` runs the kernel
 checks under numba's CUDA simulator with tiny sizes instead, to test this script itself; it must
@@ -16,7 +16,7 @@ be started with ``NUMBA_ENABLE_CUDASIM=1`` in the environment).
    ``test_kernels_cpu.py`` / ``test_kernels_actnorm.py``; bounds: coupling 2 (float64) / 4
    (float32), ActNorm 2 / 1. Exact log-det cancellation; ``gt``/``−gy`` copied exactly. With a
    float64 oracle the float64 bounds get +2 (the oracle's own rounding).
-2. A Glow training step: ``rawflow.architectures.glow(2, 2, 16, (1, 8, 8))`` in a
+2. A Glow training step: ``rawflow.models.architectures.glow(2, 2, 16, (1, 8, 8))`` in a
    :class:`~rawflow.FlowModel` with ``StandardNormal``, float64, parameters perturbed off their
    init (so every term is live): loss and every gradient leaf on CuPy vs NumPy within 1e-12
    relative (norm-wise per leaf), then one Adam step, the updated parameters likewise.
@@ -93,7 +93,7 @@ def term_error(got, exact, terms, dtype) -> float:
 def coupling_oracle(scale, c, xin, h, g, gl, direction, point):
     """The reference AffineTransform in LD at ``xin``; VJP at ``point``; term scales σ, σ_d."""
     from rawflow import AffineTransform
-    from rawflow.scales import BoundedScale
+    from rawflow.bijectors.scales import BoundedScale
 
     t = AffineTransform(BoundedScale(c) if scale == "bounded" else scale)
     X, H, G, GL, P = (np.asarray(a).astype(LD) for a in (xin, h, g, gl, point))
@@ -125,7 +125,7 @@ def check_coupling(dev: Device, dtype, scale, c, shape, seed, backend="cuda"):
     """``backend``: ``"cuda"`` (numba-cuda, :mod:`~rawflow.kernels.cuda_coupling`) or ``"cuda-c"``
     (CUDA C via CuPy's RawModule, :mod:`~rawflow.kernels.cuda_c_coupling`)."""
     from rawflow.kernels import cuda_c_coupling, cuda_coupling
-    from rawflow.scales import BoundedScale
+    from rawflow.bijectors.scales import BoundedScale
 
     CK = cuda_c_coupling if backend == "cuda-c" else cuda_coupling
 
@@ -257,8 +257,8 @@ def check_glow_step():
 
 def check_kernel_step(coupling_backend="cuda"):
     from rawflow import ActNorm, Chain, FlowModel, StandardNormal
-    from rawflow.image_coupling import ChannelCoupling
-    from rawflow.linear import LULinear
+    from rawflow.bijectors.image_coupling import ChannelCoupling
+    from rawflow.bijectors.linear import LULinear
 
     def flow(backend, coupling):
         return Chain([

@@ -1,6 +1,6 @@
-"""The CUDA-on-CPU emulator (``tests/cuda_emul``) is itself right.
+"""The CUDA-on-CPU emulator (``tests/kernels/cuda_emul``) is itself right.
 
-Kernels written as CUDA C (``tests/cuda_emul/selftest.cu``) are compiled with g++ against
+Kernels written as CUDA C (``tests/kernels/cuda_emul/selftest.cu``) are compiled with g++ against
 ``cuda_emul.h`` and run on NumPy arrays through ctypes. Each check compares with an oracle that is
 independent of the emulator's code: NumPy for sums and copies, the CUDA C Programming Guide's
 wording of the shuffle semantics for every flavour and width, exact integer arithmetic for the

@@ -37,7 +37,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rawflow import tree
-from rawflow.actnorm import ActNorm
+from rawflow.bijectors.actnorm import ActNorm
 from rawflow.kernels import cpu_actnorm as K
 
 from cuda_sim_actnorm import BOUND, EXTENDED, oracle, run_kernels, term_error, view  # the oracle (no pytest)
@@ -157,7 +157,7 @@ def layer_cases(draw):
 def test_kernel_backend_layer_passes_the_harness(case):
     from harness import check_gradients, check_logdet, check_logdet_cancels, check_roundtrip, check_structure
 
-    from rawflow.kernels.dispatch import ActNormCache
+    from rawflow.kernels.interface import ActNormCache
 
     layer, params, x, rng = case
     assert isinstance(layer.forward(params, x)[2], ActNormCache)  # the kernels really ran
@@ -165,7 +165,7 @@ def test_kernel_backend_layer_passes_the_harness(case):
         p, xx = tree.map(lambda a: a.astype(dtype), params), x.astype(dtype)
         check_logdet_cancels(layer, p, xx, exact=True)
         kappa = float(np.exp(np.abs(p["log_scale"].astype(np.float64)).max()))
-        check_roundtrip(layer, p, xx, bound_ulps=2, kappa=kappa)  # the reference's bound (actnorm.py)
+        check_roundtrip(layer, p, xx, bound_ulps=2, kappa=kappa)  # the reference's bound (rawflow/bijectors/actnorm.py)
     check_logdet(layer, params, x)
     # Complex step runs the reference code ("auto" on complex input); the kernels' sums are
     # compensated and the reference's are not, but with a handful of terms both sit well inside
@@ -201,7 +201,8 @@ def test_kernel_layer_matches_reference_layer(spatial):
 
 def test_backend_selection_and_refusals():
     from rawflow.kernels import cpu_actnorm
-    from rawflow.kernels.dispatch import ActNormCache, select_actnorm
+    from rawflow.kernels.dispatch import select_actnorm
+    from rawflow.kernels.interface import ActNormCache
 
     x = np.ones((2, 3))
     assert select_actnorm("ActNorm", "auto", x) is cpu_actnorm

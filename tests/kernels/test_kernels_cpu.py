@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from rawflow import AffineTransform, AdditiveTransform, ScaleMap
 from rawflow.kernels import cpu_coupling as K
 from rawflow.kernels import fastexp as fe
-from rawflow.scales import BoundedScale
+from rawflow.bijectors.scales import BoundedScale
 
 LD = np.longdouble
 EXTENDED = np.finfo(LD).nmant >= 63
@@ -539,7 +539,7 @@ def kernel_couplings(draw):
 def test_kernel_backend_couplings_pass_the_harness(case):
     from harness import check_gradients, check_logdet, check_logdet_cancels, check_roundtrip, check_structure
 
-    from rawflow.kernels.dispatch import KernelCache
+    from rawflow.kernels.interface import KernelCache
 
     layer, params, x, rng = case
     _, _, (_, tcache) = layer.forward(params, x)
@@ -592,7 +592,8 @@ def test_kernel_backend_matches_reference_layer(scale):
 def test_backend_selection_and_refusals():
     from rawflow import AdditiveTransform, SigmoidScale
     from rawflow.kernels import cpu_coupling
-    from rawflow.kernels.dispatch import KernelCache, select
+    from rawflow.kernels.dispatch import select
+    from rawflow.kernels.interface import KernelCache
 
     x = np.ones((2, 3))
     assert select("T", "auto", SigmoidScale(), x) is cpu_coupling

@@ -1,7 +1,7 @@
 """CUDA C kernels (:mod:`rawflow.kernels.cuda_c_coupling`) without a GPU.
 
 1. **Run them on the CPU.** ``kernels/cuda_c_coupling.cu`` is compiled with g++ against the
-   emulator in ``tests/cuda_emul`` (each block's threads are OS threads; ``__syncthreads`` and the
+   emulator in ``tests/kernels/cuda_emul`` (each block's threads are OS threads; ``__syncthreads`` and the
    warp shuffles are real barriers and exchanges), through ``emul_coupling_glue.cpp``. The
    module's own host-side code (validation, the 16-byte-vector decision, the launch shape) drives
    it via ``runtime=``: only the allocation and the launch differ from a CuPy run. The checks are
@@ -13,7 +13,7 @@
    source and name expressions for sm_90; the PTX must hold the warp shuffles and the 16-byte
    loads. Skips only where no NVRTC library is installed (CI installs the ``ptx`` extra).
 
-``tests/gpu_check.py`` runs the kernels on a device, through CuPy, when one is lent.
+``tests/kernels/gpu_check.py`` runs the kernels on a device, through CuPy, when one is lent.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from rawflow import AffineTransform
 from rawflow.kernels import cuda_c_coupling as CC
 
 HERE = Path(__file__).resolve().parent
-KERNELS = HERE.parent / "kernels"
+KERNELS = HERE.parents[1] / "kernels"
 sys.path.insert(0, str(HERE))
 
 import cuda_sim_check as SIM  # noqa: E402
 
-# tests/cuda_emul/build.py, loaded by path (``build`` is too common a module name to import)
+# tests/kernels/cuda_emul/build.py, loaded by path (``build`` is too common a module name to import)
 _spec = importlib.util.spec_from_file_location("rf_cuda_emul_build", HERE / "cuda_emul" / "build.py")
 EMUL = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(EMUL)
@@ -248,7 +248,7 @@ def test_backend_cuda_c_needs_device_arrays():
 
 # ------------------------------------------------------------------ compile for the H200
 def test_compiles_for_sm90_with_nvrtc():
-    import nvrtc  # tests/nvrtc.py
+    import nvrtc  # tests/kernels/nvrtc.py
 
     if nvrtc.find_nvrtc() is None:
         pytest.skip("no NVRTC library (pip install '.[ptx]')")

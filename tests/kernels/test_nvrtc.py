@@ -1,4 +1,4 @@
-"""``tests/nvrtc.py``: CUDA C++ to PTX for sm_90 through NVRTC, without a GPU.
+"""``tests/kernels/nvrtc.py``: CUDA C++ to PTX for sm_90 through NVRTC, without a GPU.
 
 The kernel below uses what rawflow's CUDA C kernels rely on: templates instantiated through name
 expressions (the lowered names are what ``cupy.RawModule`` looks up), a ``__shfl_down_sync`` warp

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from harness import check_gradients, check_logdet_cancels, check_structure, randomize, rel_err
 from rawflow import Bijector, tree
-from rawflow.architectures import nice, realnvp
-from rawflow.model import FlowModel
-from rawflow.priors import DiagonalGaussian, StandardLogistic, StandardNormal, Uniform
+from rawflow.models.architectures import nice, realnvp
+from rawflow.models.model import FlowModel
+from rawflow.distributions.priors import DiagonalGaussian, StandardLogistic, StandardNormal, Uniform
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps

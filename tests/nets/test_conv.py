@@ -1,8 +1,4 @@
-"""conv2d / conv2d_backward vs a direct loop, finite differences and complex-step derivatives.
-
-Also home of :func:`check_complex_step`, the complex-step oracle the other image-layer tests import
-(candidate for ``harness.py``).
-"""
+"""conv2d / conv2d_backward vs a direct loop, finite differences and complex-step derivatives."""
 
 import numpy as np
 import pytest
@@ -10,47 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import _fd_scalar_grad, rel_err
-from rawflow import tree
-from rawflow.conv import conv2d, conv2d_backward
+from rawflow.nets.conv import conv2d, conv2d_backward
+from support.image_checks import check_complex_step
 
 # Examples for the costly checks (finite differences): half the profile's, at least 6.
 FEW = max(6, settings.default.max_examples // 2)
 
 EPS64 = np.finfo(np.float64).eps
-CS_STEP = 1e-20  # complex step: no subtractive cancellation, so the step can be tiny
-
-
-def check_complex_step(run, vjp, params, x, rng, rtol=1e-13) -> dict:
-    """Hand-written VJP vs complex-step directional derivatives, one random direction per quantity.
-
-    ``run(params, x) -> (out, logdet)`` and ``vjp(gout, glogdet) -> (gx, gparams)`` at ``(params, x)``.
-    For ``L = Σ g·out + Σ gλ·logdet`` and a direction ``v`` of one quantity ``q``,
-    ``Im L(q + i·h·v) / h = ⟨∂L/∂q, v⟩ + O(h²)`` with no subtractive cancellation in the step. Both
-    sides are still *sums* that can cancel, so the bound is ``rtol`` times the larger of the two sums
-    of absolute terms: ``Σ|∂L/∂q ⊙ v|`` and ``(Σ|g ⊙ Im out| + Σ|gλ ⊙ Im logdet|) / h``.
-    Returns ``{quantity: error / Σ|terms|}``.
-    """
-    out, logdet = run(params, x)
-    g = rng.normal(size=out.shape)
-    gl = rng.normal(size=logdet.shape)
-    gx, gparams = vjp(g, gl)
-    xc = x.astype(np.complex128)
-    pc = tree.map(lambda a: a.astype(np.complex128), params)
-    quantities = [("input", gx, x.shape)] + [(p, tree.get(gparams, p), a.shape) for p, a in tree.leaves(params)]
-    errors = {}
-    for name, grad, shape in quantities:
-        v = rng.normal(size=shape)
-        if name == "input":
-            o, ld = run(pc, xc + 1j * CS_STEP * v)
-        else:
-            o, ld = run(tree.set(pc, name, tree.get(pc, name) + 1j * CS_STEP * v), xc)
-        cs = (np.sum(g * o) + np.sum(gl * ld)).imag / CS_STEP
-        terms = max(np.sum(np.abs(grad * v)), (np.sum(np.abs(g * o.imag)) + np.sum(np.abs(gl * ld.imag))) / CS_STEP)
-        err = abs(cs - np.sum(grad * v))
-        errors[name] = err / terms if terms > 0 else (0.0 if err == 0 else np.inf)
-    bad = {k: e for k, e in errors.items() if not e <= rtol}
-    assert not bad, f"complex-step errors above {rtol}: {bad}"
-    return errors
 
 
 def direct_conv(x, w, b):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rawflow import tree
-from rawflow.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rawflow.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def example():

@@ -10,18 +10,18 @@ import pytest
 from scipy import stats
 
 from rawflow import tree
-from rawflow.architectures import nice, realnvp
-from rawflow.datasets import two_moons
-from rawflow.model import FlowModel
-from rawflow.optim import SGD, Adam
-from rawflow.priors import StandardNormal
-from rawflow.training import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
+from rawflow.models.architectures import nice, realnvp
+from rawflow.data.datasets import two_moons
+from rawflow.models.model import FlowModel
+from rawflow.training.optim import SGD, Adam
+from rawflow.distributions.priors import StandardNormal
+from rawflow.training.loop import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
 
 def small_setup(seed=0, n=512):
     rng = np.random.default_rng(seed)
     data = two_moons(n, rng)
-    # Tiny GEMMs (batch ≤ 128 × hidden 16) stay under OpenBLAS's threading threshold (see rawflow.cli).
+    # Tiny GEMMs (batch ≤ 128 × hidden 16) stay under OpenBLAS's threading threshold (see rawflow.app.cli).
     model = FlowModel(realnvp(2, 2, hidden=(16,)), StandardNormal((2,)))
     return model, model.init(rng, data[:64]), data, rng
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rawflow import tree
-from rawflow.optim import SGD, Adam, Adamax, clip_grad_norm, global_norm
+from rawflow.training.optim import SGD, Adam, Adamax, clip_grad_norm, global_norm
 
 EPS64 = np.finfo(np.float64).eps
 

@@ -9,7 +9,7 @@ the kernels and export plain C functions for ctypes.
 
 How to use it from a test
 -------------------------
-1. A glue file, e.g. ``tests/emul_mykernel_glue.cpp`` (the header is force-included; a template
+1. A glue file, e.g. ``tests/kernels/emul_mykernel_glue.cpp`` (the header is force-included; a template
    kernel must be instantiated in the file that launches it, hence the ``#include``)::
 
        #include "my_kernels.cu"   // found through extra_flags=("-I", kernels_dir)
@@ -44,7 +44,7 @@ How to use it from a test
    milliseconds), and each barrier or shuffle is a round of context switches. Undefined launches
    (divergent barriers, deadlocks, failing threads) come back as errors, but a kernel that loops
    forever still hangs and one that writes out of bounds may crash the process:
-   ``tests/test_cuda_emul.py``'s ``call()`` runs a call under a timeout.
+   ``tests/kernels/test_cuda_emul.py``'s ``call()`` runs a call under a timeout.
 
 The build is ``g++ -std=c++20 -O1 -fPIC -shared -pthread -fno-fast-math -ffp-contract=off`` (no
 fused multiply-adds unless the kernel writes them: see the header on NVRTC's contraction) plus

@@ -1,7 +1,7 @@
 // cuda_emul.h: run CUDA C kernels on the CPU, unchanged, for tests (g++ >= 12, -std=c++20).
 //
 // A kernel source written for NVRTC (no #include, CUDA built-ins only) is compiled as C++ with this
-// header force-included (tests/cuda_emul/build.py does it). rf_emul::launch(kernel, grid, block,
+// header force-included (tests/kernels/cuda_emul/build.py does it). rf_emul::launch(kernel, grid, block,
 // args...) then runs the grid the way the hardware is allowed to: blocks one after another, and
 // within a block every CUDA thread as a real OS thread, so the block's threads truly interleave.
 // Synchronisation is real: __syncthreads() is a barrier over the block, and every warp shuffle is

@@ -1,4 +1,4 @@
-// Kernels that test the emulator itself (tests/test_cuda_emul.py), with their ctypes glue.
+// Kernels that test the emulator itself (tests/kernels/test_cuda_emul.py), with their ctypes glue.
 // Written as CUDA C, like the project's kernels; only rf_t_reverse's optional sleep and the glue
 // are emulator-only.
 

@@ -1,0 +1,12 @@
+"""Conditioner networks: the functions ``h = NN(x_a)`` a coupling evaluates (never inverted).
+
+* :mod:`.mlp`: :class:`MLP` for vectors (and the shared :class:`~.mlp.Activation`).
+* :mod:`.cnn`: :class:`GlowCNN`, :class:`ResNetCNN` and their building blocks for images.
+* :mod:`.conv`: ``conv2d`` and its VJP (im2col + GEMM), which the CNNs are built on.
+"""
+
+from .cnn import GlowCNN, ResNetCNN
+from .conv import conv2d, conv2d_backward
+from .mlp import MLP
+
+__all__ = ["GlowCNN", "MLP", "ResNetCNN", "conv2d", "conv2d_backward"]
