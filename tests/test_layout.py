@@ -2,7 +2,7 @@
 
 The layers, highest first (README "Layout"):
 
-    app → testing → training, check, interop → models → bijectors → kernels
+    app → testing → training, check, interop → distributed → models → bijectors → kernels
         → nets, distributions → data, tree → _array, _version
 
 A module may import from its own folder or from a lower layer, never from a higher one or from a
@@ -38,10 +38,11 @@ PUBLIC = [
 
 # Layer of each top-level part of the package (a higher number is a higher layer).
 LAYER = {
-    "app": 8, "testing": 7, "training": 6, "check": 6, "interop": 6, "models": 5, "bijectors": 4,
+    "app": 9, "testing": 8, "training": 7, "check": 7, "interop": 7, "distributed": 6, "models": 5, "bijectors": 4,
     "kernels": 3, "nets": 2, "distributions": 2, "data": 1, "tree": 1, "_array": 0, "_version": 0,
 }
-SUBPACKAGES = ["app", "bijectors", "data", "distributions", "models", "nets", "training", "check", "interop"]
+SUBPACKAGES = ["app", "bijectors", "data", "distributions", "models", "nets", "training", "check", "interop",
+               "distributed"]
 
 
 def test_public_api_is_pinned():

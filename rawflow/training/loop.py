@@ -9,6 +9,13 @@ Resuming: the only state besides ``params`` / ``opt_state`` is the generator's s
 current epoch's permutation (``order``, ``pos``). Saving those between two ``train`` calls and
 restoring them continues the run bit for bit (``rawflow.app.runs`` does this through checkpoints), so
 one call of ``N`` steps equals any split of it into consecutive calls sharing a loader.
+
+Data parallelism (``comm=`` with ``comm.size > 1``, see :mod:`rawflow.distributed`): every rank
+runs this same loop with the same generator, so it draws the same global batch (rows, and the
+noise ``batch_fn`` adds) as one process would; it keeps its shard of the batch, and
+:class:`~rawflow.distributed.parallel.DataParallel` sums the shard gradients in rank order. The
+optimiser then runs on identical inputs everywhere; replica digests are compared at the start,
+every ``DataParallel.check_every`` steps and at the end of each call.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .._array import Array, namespace, to_numpy
+from ..distributed.comm import Communicator
+from ..distributed.parallel import DataParallel, check_replicas, global_sum, shard_bounds
 from ..models.model import FlowModel
 from .optim import Optimizer, clip_grad_norm, global_norm
 
@@ -79,6 +88,7 @@ def train(
     progress: bool = False,
     loader: EpochLoader | None = None,
     batch_fn: Callable[[Array, np.random.Generator], Array] | None = None,
+    comm: Communicator | None = None,
 ) -> tuple[dict, dict, np.ndarray]:
     """Minimise the mean NLL for ``steps`` optimiser steps; returns ``(params, opt_state, losses)``.
 
@@ -89,6 +99,12 @@ def train(
     selected data rows into the batch, e.g. dequantising integer images with fresh noise each
     time (default: the rows themselves). A NaN/Inf loss or gradient stops the run with
     :class:`TrainingDiverged`, which holds the parameters from before the failing step.
+
+    ``comm`` (a :class:`~rawflow.distributed.comm.Communicator` of ``P > 1`` ranks) trains data
+    parallel: call ``train`` on every rank with the same arguments (``params`` identical, e.g.
+    initialised from the same batch and generator); ``batch_size`` is the global batch and must be
+    divisible by ``P``. Losses and parameters equal the single-process run's to round-off. With
+    ``comm=None`` or one rank this is the single-process loop, unchanged.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
@@ -102,13 +118,16 @@ def train(
     if opt_state is None:
         opt_state = optimizer.init(params)
     xp = namespace(data)
+    dp = DataParallel(comm, batch_size) if comm is not None and comm.size > 1 else None
+    if dp is not None:
+        check_replicas(comm, params, "at the start of training")
     losses = np.empty(steps)
     bar = _progress(steps) if progress else None
     try:
         for t in range(steps):
             rows = data[xp.asarray(loader.next(rng))]
             batch = rows if batch_fn is None else batch_fn(rows, rng)
-            loss, grads = model.nll_and_grad(params, batch)
+            loss, grads = model.nll_and_grad(params, batch) if dp is None else dp.nll_and_grad(model, params, batch)
             if max_grad_norm is not None:
                 grads, norm = clip_grad_norm(grads, max_grad_norm)
             else:
@@ -121,6 +140,8 @@ def train(
                     t + 1, losses[:t].copy(), params, opt_state, loss, norm,
                 )
             params, opt_state = optimizer.update(params, grads, opt_state)
+            if dp is not None:
+                dp.after_step(t + 1, params)
             losses[t] = loss
             if callback is not None:
                 callback(t + 1, loss)
@@ -131,6 +152,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if dp is not None and steps:
+        check_replicas(comm, params, f"at the end of training ({steps} steps)")
     return params, opt_state, losses
 
 
@@ -142,13 +165,20 @@ def _progress(total: int):
     return tqdm(total=total, desc="train", unit="step", leave=False)
 
 
-def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 4096) -> float:
-    """Mean NLL (nats per sample) over ``data``, in batches."""
+def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 4096,
+                 comm: Communicator | None = None) -> float:
+    """Mean NLL (nats per sample) over ``data``, in batches.
+
+    With ``comm`` each rank evaluates a contiguous share of the rows and the sums of ``log p`` are
+    added in rank order (:func:`~rawflow.distributed.parallel.global_sum`); every rank returns the
+    same value, equal to the single-process one to round-off.
+    """
     n = data.shape[0]
+    lo, hi = (0, n) if comm is None else shard_bounds(comm, n)
     total = 0.0
-    for start in range(0, n, batch_size):
-        total += float(model.log_prob(params, data[start:start + batch_size]).sum())
-    return -total / n
+    for start in range(lo, hi, batch_size):
+        total += float(model.log_prob(params, data[start:min(start + batch_size, hi)]).sum())
+    return -global_sum(comm, total, "the held-out log-likelihood sum") / n
 
 
 def gaussian_baseline_nll(train_data, test_data) -> float:
