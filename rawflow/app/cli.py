@@ -191,6 +191,9 @@ def _add_train(commands) -> None:
     g.add_argument("--out", default="rawflow-run", metavar="DIR", help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--comm-timeout", type=_positive_float, default=300.0, metavar="S",
+                   help="under mpiexec: seconds a collective waits for the other ranks before the run stops "
+                   "with an error (default: %(default)s; must cover rank 0 writing a checkpoint)")
     _common(g)
     p.set_defaults(handler=run_train)
 
@@ -379,53 +382,105 @@ def _resume_config(args) -> dict:
     return cfg
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _train_config(args) -> tuple[dict | None, str | None, int]:
+    """``(cfg, None, 0)``, or ``(None, message, exit code)`` when the command line cannot start a run."""
     from ..training.checkpoint import CheckpointError
-    from .runs import CHECKPOINT, RunDiverged, RunError, make_config, run_training
+    from .runs import CHECKPOINT, RunError, make_config
 
-    if not _folder_for_output("train", args.out):
-        return EXIT_USAGE
     try:
         if args.resume:
             if not os.path.isfile(os.path.join(args.out, CHECKPOINT)):
                 raise RunError(f"--resume: no {CHECKPOINT} in {args.out}")
-            cfg = _resume_config(args)
-        else:
-            if args.model is None or args.data is None:
-                raise RunError("--model and --data are required (unless --resume)")
-            if os.path.exists(os.path.join(args.out, CHECKPOINT)):
-                raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
-            cfg = make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()})
+            return _resume_config(args), None, EXIT_OK
+        if args.model is None or args.data is None:
+            raise RunError("--model and --data are required (unless --resume)")
+        if os.path.exists(os.path.join(args.out, CHECKPOINT)):
+            raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
+        return make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()}), None, EXIT_OK
     except (RunError, ImportError) as exc:  # ImportError: the digits need scikit-learn
-        _err("train", str(exc))
-        return EXIT_USAGE
+        return None, str(exc), EXIT_USAGE
     except CheckpointError as exc:
-        _err("train", str(exc))
-        return EXIT_FAILED
-    if not args.quiet:
-        arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
-        print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
-              f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
-              f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']} → {args.out}")
+        return None, str(exc), EXIT_FAILED
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train alone, or as one of the ranks ``mpiexec`` started (:mod:`rawflow.distributed`).
+
+    Under MPI every rank validates the command line itself and the ranks agree before rank 0 writes
+    anything; errors that every rank reaches together are printed once (by rank 0) and end the job
+    normally, while a rank-local failure (a collective past ``--comm-timeout``, a crash) is printed
+    by the rank that saw it and ends every rank through ``MPI_Abort``.
+    """
+    from ..distributed import CommError, LaunchError, ReplicaDivergence, agree_errors, for_device, from_environment
+    from ..training.checkpoint import CheckpointError
+    from .runs import RunDiverged, RunError, run_training
+
     try:
-        with _blas_threads(args.threads):
-            metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet)
-    except RunDiverged as exc:
-        _err("train", str(exc))
-        return EXIT_FAILED
-    except CheckpointError as exc:
-        _err("train", f"{exc}; refusing to resume from it")
-        return EXIT_FAILED
-    except RunError as exc:
+        comm = from_environment(timeout=args.comm_timeout)
+    except (LaunchError, CommError) as exc:
         _err("train", str(exc))
         return EXIT_USAGE
+    lead = comm.rank == 0
+
+    def fail(message: str, code: int) -> int:
+        if lead:
+            _err("train", message)
+        return code
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        cfg, message, code = None, f"--out {args.out!r} exists and is not a folder", EXIT_USAGE
+    else:
+        cfg, message, code = _train_config(args)
+    try:
+        message = agree_errors(comm, message)
+        if message is not None:
+            return fail(message, code or EXIT_USAGE)
+        comm = for_device(comm, cfg["device"])
+        if lead and not args.quiet:
+            arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
+            ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
+            print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
+                  f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
+                  f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
+        with _blas_threads(args.threads):
+            metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, comm=comm)
+    except RunDiverged as exc:
+        return fail(str(exc), EXIT_FAILED)
+    except CheckpointError as exc:
+        return fail(f"{exc}; refusing to resume from it", EXIT_FAILED)
+    except RunError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except ReplicaDivergence as exc:  # found by a collective that completed on every rank
+        return fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
-        _err("train", f"interrupted; the last checkpoint in {args.out} is intact (continue with --resume)")
-        return EXIT_INTERRUPTED
-    print(_summary(metrics))
-    if not args.quiet:
-        print(f"wrote {args.out}/config.json, checkpoint.npz, metrics.json, loss.png")
+        message = f"interrupted; the last checkpoint in {args.out} is intact (continue with --resume)"
+        if comm.size == 1:
+            return fail(message, EXIT_INTERRUPTED)
+        return _abort(comm, message, EXIT_INTERRUPTED)
+    except CommError as exc:
+        return _abort(comm, f"{exc}; the last checkpoint in {args.out} is intact (continue with --resume)", EXIT_FAILED)
+    except Exception as exc:
+        if comm.size == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return _abort(comm, f"rank {comm.rank} of {comm.size} failed ({type(exc).__name__}: {exc}); the last "
+                      f"checkpoint in {args.out} is intact (continue with --resume)", EXIT_FAILED)
+    if lead:
+        print(_summary(metrics))
+        if not args.quiet:
+            print(f"wrote {args.out}/config.json, checkpoint.npz, metrics.json, loss.png")
     return EXIT_OK
+
+
+def _abort(comm, message: str, code: int) -> int:
+    """Print this rank's failure, then end every rank (pending collectives cannot be finalised)."""
+    _err("train", message)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    comm.abort(code)
+    return code
 
 
 # ------------------------------------------------------------------------ sample / interpolate

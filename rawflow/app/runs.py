@@ -17,6 +17,15 @@ from any checkpoint therefore continues the uninterrupted run's loss trajectory 
 machine and BLAS). A NaN/Inf loss raises :class:`RunDiverged` *before* anything is written, so
 the last good checkpoint stays as it was.
 
+Data parallelism (``run_training(..., comm=)``, ``mpiexec -n P rawflow train``): every rank
+builds the same data, model and generator from the same config (checked across ranks before
+anything is written), trains with :func:`rawflow.training.loop.train`'s data-parallel path, and
+evaluates its share of the held-out rows; rank 0 alone writes ``config.json``, checkpoints,
+``metrics.json`` and plots. The checkpointed state (parameters, optimiser, generator, loader) is
+the same on every rank and does not depend on P, so a run may be resumed with any P that divides
+the batch size: with the same P it continues bit for bit, with another P to round-off (the
+gradient sum is associated differently).
+
 Data: 2-D densities by name (:data:`rawflow.data.datasets.DATASETS`), ``"digits"``, or a ``.npy`` /
 ``.npz`` file of ``(N, D)`` floats (vectors) or ``(N, C, H, W)`` / ``(N, H, W)`` integers (images,
 dequantised ``(v + u)/n_bins`` with fresh noise for every training batch and fixed noise for
@@ -43,6 +52,8 @@ from .. import tree as _tree
 from .._array import to_numpy
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data.datasets import DATASETS, eight_gaussians_log_prob, make_2d
+from ..distributed.comm import Communicator
+from ..distributed.parallel import agree
 from ..models.model import FlowModel
 from ..training.loop import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
@@ -582,19 +593,20 @@ def init_state(cfg: dict, model: FlowModel, data: Data, xp=np) -> TrainState:
 
 
 def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, split: str = "test", xp=np,
-                     prefix: str | None = None) -> dict:
+                     prefix: str | None = None, comm: Communicator | None = None) -> dict:
     """NLL (nats per example) on a split, with bits/dim and baselines where they apply.
 
     Keys are prefixed with ``prefix`` (default ``"<split>_"``): ``nll``, ``n``; images add
     ``bits_per_dim`` and ``baseline_bits_per_dim`` (independent pixels fitted to the training split);
     vectors add ``gaussian_nll`` (full-covariance Gaussian fitted to the training split) and, for
-    8 Gaussians, ``true_nll`` (the closed-form density on the same points).
+    8 Gaussians, ``true_nll`` (the closed-form density on the same points). With ``comm`` the NLL
+    is evaluated in shares across the ranks (:func:`rawflow.training.loop.evaluate_nll`).
     """
     rows = getattr(data, split)
     if len(rows) == 0:
         return {}
     p = f"{split}_" if prefix is None else prefix
-    nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024)
+    nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024, comm=comm)
     out: dict[str, Any] = {f"{p}nll": nll, f"{p}n": int(len(rows))}
     if data.kind == "image":
         from ..data.images import bits_per_dim, independent_pixel_baseline
@@ -617,14 +629,27 @@ def run_training(
     desc: str = "train",
     hook: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] = print,
+    comm: Communicator | None = None,
 ) -> dict:
     """Train (or resume) the run in ``out``; returns its metrics (also written to ``metrics.json``).
 
     ``hook(step, loss)`` runs after every optimiser step (global 1-based step). Raises
     :class:`RunDiverged` on a NaN/Inf loss (no file is written after the last good checkpoint),
     :class:`~rawflow.training.checkpoint.CheckpointError` for an unusable checkpoint, :class:`RunError`.
+
+    ``comm``: train data parallel over its ranks (call this on every rank with the same ``cfg``);
+    only rank 0 writes files or logs. Ranks launched with different configs raise
+    :class:`~rawflow.distributed.comm.ReplicaDivergence` before anything is written.
     """
     import time
+
+    writer = comm is None or comm.rank == 0
+    quiet = quiet or not writer
+    processes = 1 if comm is None else comm.size
+    agree(comm, "run configurations", {**cfg, "resume": resume, "out": os.path.abspath(out)})
+    if cfg["batch_size"] % processes:
+        raise RunError(f"batch size {cfg['batch_size']} is not divisible by the {processes} processes: each takes an "
+                       f"equal share of every batch (use a multiple of {processes})")
 
     xp = device_namespace(cfg["device"])
     data = load_data(cfg)
@@ -634,14 +659,16 @@ def run_training(
         raise RunError(f"data {cfg['data']}: the file changed since the run started (SHA-256 differs)")
     model = build_model(cfg)
     ckpt = os.path.join(out, CHECKPOINT)
-    os.makedirs(out, exist_ok=True)
+    if writer:
+        os.makedirs(out, exist_ok=True)
     if resume:
         st = load_state(ckpt, cfg, model, xp)
         if not quiet:
             log(f"resuming {out} at step {st.step}")
     else:
         st = init_state(cfg, model, data, xp)
-    write_json(os.path.join(out, CONFIG), cfg)
+    if writer:
+        write_json(os.path.join(out, CONFIG), cfg)
 
     optimizer = make_optimizer(cfg)
     train_x, batch_fn = _host_batches(cfg, data, xp)
@@ -663,10 +690,10 @@ def run_training(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while st.step < steps and st.stopped is None:
                 target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
-                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt)
+                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm)
                 if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
-                    _evaluate(cfg, model, st, val_x)
-                if st.step % every_ckpt == 0 or st.step == steps or st.stopped is not None:
+                    _evaluate(cfg, model, st, val_x, comm)
+                if writer and (st.step % every_ckpt == 0 or st.step == steps or st.stopped is not None):
                     save_state(ckpt, cfg, st)
     finally:
         if bar is not None:
@@ -676,15 +703,17 @@ def run_training(
         log(st.stopped)
     final = st.best if st.best is not None else st.params
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        held_out = held_out_metrics(cfg, model, final, data, "test", xp)
+        held_out = held_out_metrics(cfg, model, final, data, "test", xp, comm=comm)
     metrics = {
         "model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
         "best_step": st.best_step if st.best is not None else st.step,
         "stopped": st.stopped, "final_batch_loss": st.losses[-1] if st.losses else None,
         "best_val_nll": st.best_val, **held_out,
-        "started_at_step": first_step, "train_time_s": elapsed,
+        "started_at_step": first_step, "train_time_s": elapsed, "processes": processes,
         "rawflow_version": __version__,
     }
+    if not writer:
+        return metrics
     write_json(os.path.join(out, METRICS), metrics)
     try:
         from .plots import loss_curve
@@ -695,13 +724,14 @@ def run_training(
     return metrics
 
 
-def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str) -> None:
+def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str,
+             comm: Communicator | None = None) -> None:
     """Train from ``st.step`` to ``target`` and update ``st``; :class:`RunDiverged` leaves ``st`` as it was."""
     try:
         params, opt_state, losses = train(
             model, st.params, train_x, optimizer, target - st.step, cfg["batch_size"], st.rng,
             opt_state=st.opt_state, max_grad_norm=cfg["clip"], callback=on_step, loader=st.loader,
-            batch_fn=batch_fn,
+            batch_fn=batch_fn, comm=comm,
         )
     except TrainingDiverged as err:
         what = "loss" if not math.isfinite(err.loss) else "gradient"
@@ -725,8 +755,8 @@ def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x) -> None:
-    nll = evaluate_nll(model, st.params, val_x, batch_size=1024)
+def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None) -> None:
+    nll = evaluate_nll(model, st.params, val_x, batch_size=1024, comm=comm)
     st.val_steps.append(st.step)
     st.val_nll.append(nll)
     if not math.isfinite(nll):
