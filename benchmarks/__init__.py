@@ -1,7 +1,8 @@
 """rawflow's benchmarks: rawflow against what users would pick instead, same machine, same run.
 
 ``python -m benchmarks [SUITE ...] [--quick] [--json FILE]`` (from a checkout) or ``rawflow bench``.
-Suites: ``coupling``, ``actnorm``, ``conv1x1``, ``glow``, ``memory``, ``sampling`` (CPU), and the
+Suites: ``coupling``, ``actnorm``, ``conv1x1``, ``glow``, ``memory``, ``sampling`` (CPU),
+``distributed`` (data-parallel training under ``mpiexec``; needs ``rawflow[mpi]``), and the
 separate GPU script ``benchmarks/gpu_suite.py``. Bring your own kernel with :func:`register` (or
 ``--impl OP=MODULE:FUNCTION``); see ``benchmarks/README.md``.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from .registry import Implementation, Operation, operations, register, unregister, user_implementations
 
-SUITES = ("coupling", "actnorm", "conv1x1", "glow", "memory", "sampling")
+SUITES = ("coupling", "actnorm", "conv1x1", "glow", "memory", "sampling", "distributed")
 
 
 def main(argv=None) -> int:
