@@ -117,7 +117,8 @@ def run(ctx: Context):
             for p in MODEL_RANKS:
                 t = model_step(compute, nbytes, p, bandwidth, latency)
                 rows.append(Row(NAME, case + f", {two['local_batch']} rows per rank", "MODEL step (not measured)",
-                                f"P = {p}, {net}", median_s=t, min_s=t, max_s=t, repeats=1, items=p * two["local_batch"],
+                                f"P = {p}, {net}", median_s=t, min_s=t, max_s=t, repeats=1,
+                                items=p * two["local_batch"],
                                 note=f"efficiency {compute / t:.0%}, speed-up {p * compute / t:.1f}× over one rank",
                                 extra={"model": True, "bandwidth": bandwidth, "latency": latency}))
         ctx.note(NAME, f"model: T(P) = T_compute(b) + 2(P−1)/P·S/β + 2(P−1)·α with T_compute(b) = "

@@ -6,6 +6,7 @@ The public API is re-exported here from the subpackages, which follow the layers
 * :mod:`rawflow.app`: command line, demo, run folders, plots;
 * :mod:`rawflow.training`, :mod:`rawflow.check`, :mod:`rawflow.interop`: optimisers, loop and
   checkpoints; the verification toolkit; maps to PyTorch flow libraries;
+* :mod:`rawflow.distributed`: communicators (MPI, NCCL) and data-parallel training steps;
 * :mod:`rawflow.models`: ``FlowModel`` and the architecture builders;
 * :mod:`rawflow.bijectors`: the contract and every invertible layer (fused kernels in
   :mod:`rawflow.kernels`);

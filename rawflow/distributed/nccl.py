@@ -83,7 +83,8 @@ class NcclComm(Communicator):
         self.rank, self.size, self.timeout = host.rank, host.size, host.timeout
         uid = np.asarray(nccl.get_unique_id(), dtype=np.int8).tobytes() if host.rank == 0 else None
         uid = host.broadcast_bytes(uid, 0, "the NCCL unique id")
-        self.comm = nccl.NcclCommunicator(self.size, tuple(int(v) for v in np.frombuffer(uid, dtype=np.int8)), self.rank)
+        uid = tuple(int(v) for v in np.frombuffer(uid, dtype=np.int8))  # CuPy's id: 128 signed chars
+        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def _type(self, x: Array) -> int:
         name = np.dtype(x.dtype).name
@@ -94,8 +95,9 @@ class NcclComm(Communicator):
     def _done(self, what: str) -> None:
         if not self.device.wait(self.device.stream(), self.timeout):
             self.comm.abort()
-            raise CommTimeout(f"rank {self.rank} of {self.size}: NCCL {what} did not complete within {self.timeout:g} s; "
-                              "another rank has died, hung or fallen that far behind (NCCL communicator aborted)")
+            raise CommTimeout(f"rank {self.rank} of {self.size}: NCCL {what} did not complete within "
+                              f"{self.timeout:g} s; another rank has died, hung or fallen that far behind "
+                              "(NCCL communicator aborted)")
 
     def _alltoall(self, send, what):
         if not self.device.owns(send):

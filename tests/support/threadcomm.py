@@ -33,7 +33,8 @@ class ThreadComm(Communicator):
         try:
             self.group.barrier.wait(self.timeout)
         except threading.BrokenBarrierError:
-            raise CommTimeout(f"rank {self.rank} of {self.size}: {what} did not complete within {self.timeout:g} s") from None
+            raise CommTimeout(f"rank {self.rank} of {self.size}: {what} did not complete "
+                              f"within {self.timeout:g} s") from None
 
     def _exchange(self, value: np.ndarray, what: str) -> list[np.ndarray]:
         self.group.slots[self.rank] = np.array(value, copy=True)
