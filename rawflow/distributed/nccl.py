@@ -41,8 +41,11 @@ class CupyDevice:
         self.cupy = cupy
 
     def nccl_module(self):
-        from cupy.cuda import nccl
-
+        try:
+            from cupy.cuda import nccl
+        except ImportError as exc:
+            raise CommError(f"--device gpu on several ranks needs NCCL for CuPy (e.g. pip install nvidia-nccl-cu12): "
+                            f"{exc}") from exc
         if not getattr(nccl, "available", True):
             raise CommError("CuPy was built without NCCL: install NCCL for CuPy (e.g. pip install nvidia-nccl-cu12)")
         return nccl
