@@ -3,8 +3,8 @@
 ``time``: a Glow trained data parallel with :func:`rawflow.train` (the run machinery's loop: global
 batch drawn, dequantised, sharded, gradients summed in rank order, Adam, replica checks), each
 step timed; then the parts of a step timed alone with every rank busy at once: this rank's
-``nll_and_grad`` on its shard (compute), and the fixed-order allreduce of one gradient-sized
-message (communication). ``equality``: 50 float64 steps of RealNVP or a small Glow; rank 0 writes
+``nll_and_grad`` on its shard (compute), the fixed-order allreduce of one gradient-sized message
+(communication) and the optimiser update (replicated on every rank). ``equality``: 50 float64 steps of RealNVP or a small Glow; rank 0 writes
 the final parameters (``.npz``) for the suite to compare across P. Rank 0 prints one JSON line.
 """
 
@@ -60,7 +60,7 @@ def time_mode(args, comm) -> dict:
     steps = np.diff(stamps)
     shard = DataParallel(comm, args.batch).shard(batch_fn(images[:args.batch], rng)) if comm.size > 1 \
         else batch_fn(images[:args.batch], rng)
-    compute, allreduce = [], []
+    compute, allreduce, update = [], [], []
     _, grads = model.nll_and_grad(params, shard)
     flat = np.concatenate([g.reshape(-1) for _, g in tree.leaves(grads)] + [np.zeros(1, dtype=args.dtype)])
     for _ in range(args.repeats):
@@ -72,7 +72,11 @@ def time_mode(args, comm) -> dict:
         t0 = time.perf_counter()
         comm.allreduce(flat, "the benchmark allreduce")
         allreduce.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        opt.update(params, grads, state)  # replicated on every rank: the same work whatever P
+        update.append(time.perf_counter() - t0)
     return {"P": comm.size, "step_s": steps.tolist(), "compute_s": compute, "allreduce_s": allreduce,
+            "update_s": update,
             "grad_bytes": int(flat.nbytes), "params": int(flat.size - 1), "local_batch": args.batch // comm.size}
 
 
