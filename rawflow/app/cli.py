@@ -382,36 +382,36 @@ def _resume_config(args) -> dict:
     return cfg
 
 
-def _train_config(args) -> tuple[dict | None, str | None, int]:
-    """``(cfg, None, 0)``, or ``(None, message, exit code)`` when the command line cannot start a run."""
-    from ..training.checkpoint import CheckpointError
+def _train_config(args) -> dict:
+    """The run's config from the command line; :class:`RunError` (or ``CheckpointError``) if it cannot start."""
     from .runs import CHECKPOINT, RunError, make_config
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise RunError(f"--out {args.out!r} exists and is not a folder")
+    if args.resume:
+        if not os.path.isfile(os.path.join(args.out, CHECKPOINT)):
+            raise RunError(f"--resume: no {CHECKPOINT} in {args.out}")
+        return _resume_config(args)
+    if args.model is None or args.data is None:
+        raise RunError("--model and --data are required (unless --resume)")
+    if os.path.exists(os.path.join(args.out, CHECKPOINT)):
+        raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
     try:
-        if args.resume:
-            if not os.path.isfile(os.path.join(args.out, CHECKPOINT)):
-                raise RunError(f"--resume: no {CHECKPOINT} in {args.out}")
-            return _resume_config(args), None, EXIT_OK
-        if args.model is None or args.data is None:
-            raise RunError("--model and --data are required (unless --resume)")
-        if os.path.exists(os.path.join(args.out, CHECKPOINT)):
-            raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
-        return make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()}), None, EXIT_OK
-    except (RunError, ImportError) as exc:  # ImportError: the digits need scikit-learn
-        return None, str(exc), EXIT_USAGE
-    except CheckpointError as exc:
-        return None, str(exc), EXIT_FAILED
+        return make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()})
+    except ImportError as exc:  # the digits need scikit-learn
+        raise RunError(str(exc)) from exc
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train alone, or as one of the ranks ``mpiexec`` started (:mod:`rawflow.distributed`).
 
     Under MPI every rank validates the command line itself and the ranks agree before rank 0 writes
-    anything; errors that every rank reaches together are printed once (by rank 0) and end the job
-    normally, while a rank-local failure (a collective past ``--comm-timeout``, a crash) is printed
-    by the rank that saw it and ends every rank through ``MPI_Abort``.
+    anything (:func:`rawflow.distributed.parallel.together`): errors that every rank reaches
+    together are printed once, by rank 0, and end the job normally, while a rank-local failure (a
+    collective past ``--comm-timeout``, a crash) is printed by the rank that saw it and ends every
+    rank through ``MPI_Abort``.
     """
-    from ..distributed import CommError, LaunchError, ReplicaDivergence, agree_errors, for_device, from_environment
+    from ..distributed import CommError, LaunchError, ReplicaDivergence, for_device, from_environment, together
     from ..training.checkpoint import CheckpointError
     from .runs import RunDiverged, RunError, run_training
 
@@ -427,14 +427,11 @@ def run_train(args: argparse.Namespace) -> int:
             _err("train", message)
         return code
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        cfg, message, code = None, f"--out {args.out!r} exists and is not a folder", EXIT_USAGE
-    else:
-        cfg, message, code = _train_config(args)
     try:
-        message = agree_errors(comm, message)
-        if message is not None:
-            return fail(message, code or EXIT_USAGE)
+        try:
+            cfg = together(comm, lambda: _train_config(args), (RunError, CheckpointError))
+        except CheckpointError as exc:  # the saved config.json / checkpoint could not be used
+            return fail(str(exc), EXIT_FAILED)
         comm = for_device(comm, cfg["device"])
         if lead and not args.quiet:
             arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())

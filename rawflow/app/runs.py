@@ -53,7 +53,7 @@ from .._array import to_numpy
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data.datasets import DATASETS, eight_gaussians_log_prob, make_2d
 from ..distributed.comm import Communicator
-from ..distributed.parallel import agree
+from ..distributed.parallel import agree, together
 from ..models.model import FlowModel
 from ..training.loop import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
@@ -651,22 +651,22 @@ def run_training(
         raise RunError(f"batch size {cfg['batch_size']} is not divisible by the {processes} processes: each takes an "
                        f"equal share of every batch (use a multiple of {processes})")
 
-    xp = device_namespace(cfg["device"])
-    data = load_data(cfg)
-    if [len(data.train), len(data.val), len(data.test)] != cfg["split_sizes"]:
-        raise RunError(f"data {cfg['data']}: split sizes changed since the run started")
-    if cfg.get("data_sha256") and file_digest(cfg["data"]) != cfg["data_sha256"]:
-        raise RunError(f"data {cfg['data']}: the file changed since the run started (SHA-256 differs)")
-    model = build_model(cfg)
+    def prepare():  # each rank reads the data (and the checkpoint) itself: a failure on one fails all
+        xp = device_namespace(cfg["device"])
+        data = load_data(cfg)
+        if [len(data.train), len(data.val), len(data.test)] != cfg["split_sizes"]:
+            raise RunError(f"data {cfg['data']}: split sizes changed since the run started")
+        if cfg.get("data_sha256") and file_digest(cfg["data"]) != cfg["data_sha256"]:
+            raise RunError(f"data {cfg['data']}: the file changed since the run started (SHA-256 differs)")
+        model = build_model(cfg)
+        return xp, data, model, load_state(ckpt, cfg, model, xp) if resume else init_state(cfg, model, data, xp)
+
     ckpt = os.path.join(out, CHECKPOINT)
+    xp, data, model, st = together(comm, prepare, (RunError, CheckpointError))
     if writer:
         os.makedirs(out, exist_ok=True)
-    if resume:
-        st = load_state(ckpt, cfg, model, xp)
-        if not quiet:
-            log(f"resuming {out} at step {st.step}")
-    else:
-        st = init_state(cfg, model, data, xp)
+    if resume and not quiet:
+        log(f"resuming {out} at step {st.step}")
     if writer:
         write_json(os.path.join(out, CONFIG), cfg)
 

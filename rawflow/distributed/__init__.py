@@ -12,7 +12,7 @@ mpi4py and CuPy are imported only when a communicator that needs them is created
 
 from .comm import CommError, CommTimeout, Communicator, ReplicaDivergence, SingleProcess
 from .launch import LaunchError, for_device, from_environment, launched_size
-from .parallel import DataParallel, agree, agree_errors, check_replicas, digest, global_sum, shard_bounds
+from .parallel import DataParallel, agree, check_replicas, digest, global_sum, shard_bounds, together
 
 __all__ = [
     "CommError",
@@ -23,7 +23,6 @@ __all__ = [
     "ReplicaDivergence",
     "SingleProcess",
     "agree",
-    "agree_errors",
     "check_replicas",
     "digest",
     "for_device",
@@ -31,4 +30,5 @@ __all__ = [
     "global_sum",
     "launched_size",
     "shard_bounds",
+    "together",
 ]

@@ -16,12 +16,15 @@ the parameters compared across ranks every few steps turns any divergence into a
 from __future__ import annotations
 
 import json
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from .. import tree as _tree
 from .._array import Array, namespace, to_numpy
 from .comm import Communicator, ReplicaDivergence
+
+T = TypeVar("T")
 
 
 def shard_bounds(comm: Communicator, n: int) -> tuple[int, int]:
@@ -77,7 +80,7 @@ class DataParallel:
     def after_step(self, step: int, params: dict) -> None:
         """Run the periodic replica check after global step ``step``."""
         if self.check_every and step % self.check_every == 0:
-            check_replicas(self.comm, params, f"after step {step}")
+            check_replicas(self.comm, params, f"after step {step} of this train() call")
 
 
 def digest(tree: dict) -> list[tuple[str, str, int, int]]:
@@ -135,22 +138,36 @@ def agree(comm: Communicator | None, what: str, value: dict) -> None:
     raise ReplicaDivergence(f"the ranks were launched with different {what}: " + "; ".join(lines))
 
 
-def agree_errors(comm: Communicator | None, message: str | None) -> str | None:
-    """Every rank's error (``None`` for none), combined: ``None`` only if no rank failed.
+def together(comm: Communicator | None, fn: Callable[[], T], errors: tuple[type[Exception], ...]) -> T:
+    """``fn()`` on every rank; if it raises one of ``errors`` on any rank, it raises on every rank.
 
-    Lets ranks that validated their inputs separately fail together, with the reason, instead of
-    leaving the healthy ones waiting in the next collective.
+    A rank that failed raises its own exception (when every rank failed alike) or one of the same
+    type carrying every failing rank's message; the others raise the first failing rank's type
+    with those messages. So ranks that each validate their own inputs (data files, a checkpoint)
+    stop together, with the reason, instead of leaving the healthy ones waiting in the next
+    collective until its deadline.
     """
+    try:
+        result, failure = fn(), None
+    except errors as exc:
+        result, failure = None, exc
     if comm is None or comm.size == 1:
-        return message
-    every = comm.allgather_bytes(b"" if message is None else message.encode(), "comparing start-up errors")
-    failed = [(r, e.decode()) for r, e in enumerate(every) if e]
+        if failure is not None:
+            raise failure
+        return result
+    mine = b"" if failure is None else f"{type(failure).__name__}\n{failure}".encode()
+    every = comm.allgather_bytes(mine, "comparing start-up errors")
+    failed = [(r, *e.decode().split("\n", 1)) for r, e in enumerate(every) if e]
     if not failed:
-        return None
-    texts = {t for _, t in failed}
-    if len(texts) == 1 and len(failed) == comm.size:
-        return failed[0][1]
-    return "; ".join(f"rank {r}: {t}" for r, t in failed)
+        return result
+    texts = {text for _, _, text in failed}
+    if failure is not None and len(failed) == comm.size and len(texts) == 1:
+        raise failure
+    message = failed[0][2] if len(texts) == 1 else "; ".join(f"rank {r}: {text}" for r, _, text in failed)
+    if len(failed) < comm.size:
+        message += f" (on rank{'s' if len(failed) > 1 else ''} {', '.join(str(r) for r, _, _ in failed)} of {comm.size})"
+    kind = type(failure) if failure is not None else next((e for e in errors if e.__name__ == failed[0][1]), errors[0])
+    raise kind(message) from failure
 
 
 def _rebuild(like: dict, leaves: dict, prefix: str = "") -> dict:

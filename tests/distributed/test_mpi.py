@@ -150,6 +150,14 @@ def test_bad_launches_are_refused_with_a_reason(tmp_path):
     assert done.returncode == 1
     assert "the ranks were launched with different run configurations: rank 1 differs from rank 0 in lr" in done.stderr
     assert not os.path.exists(tmp_path / "mixed")
+    # one rank cannot read its data: every rank stops at once, rank 0 says why (no wait for a deadline)
+    missing = str(tmp_path / "nowhere.npy")
+    other = [sys.executable, "-m", "rawflow", "train", "--model", "realnvp", "--steps", "2", "--quiet",
+             "--out", str(tmp_path / "lost")]
+    done = subprocess.run([str(MPIEXEC), "-n", "1", *other, "--data", "two_moons", ":", "-n", "1", *other,
+                           "--data", missing], capture_output=True, text=True, timeout=HANG_GUARD, env=_env())
+    assert done.returncode == 2 and "(on rank 1 of 2)" in done.stderr and "nowhere.npy" in done.stderr, done.stderr
+    assert done.stderr.count("rawflow train: error") == 1
     # a launcher of another MPI (its variables set) with this Python's MPICH: every process would be alone
     env = {**_env(), "OMPI_COMM_WORLD_SIZE": "2"}
     done = subprocess.run([sys.executable, "-W", "ignore", "-m", "rawflow", "train", *common], capture_output=True,

@@ -12,8 +12,8 @@ import pytest
 
 from rawflow import Adam, FlowModel, StandardNormal, glow, realnvp, train, tree, two_moons
 from rawflow.data.images import dequantize
-from rawflow.distributed import (DataParallel, ReplicaDivergence, SingleProcess, agree, agree_errors,
-                                 check_replicas, digest, global_sum)
+from rawflow.distributed import (DataParallel, ReplicaDivergence, SingleProcess, agree, check_replicas, digest,
+                                 global_sum, together)
 from rawflow.training.loop import evaluate_nll
 from support.threadcomm import run_ranks
 
@@ -168,11 +168,32 @@ def test_agree_names_the_keys_and_ranks_that_differ():
     run_ranks(3, lambda comm: agree(comm, "run configurations", {"lr": 1e-3}))
 
 
-def test_agree_errors_fails_every_rank_together():
-    out = run_ranks(3, lambda comm: agree_errors(comm, "no data file" if comm.rank == 1 else None))
-    assert out == ["rank 1: no data file"] * 3
-    assert run_ranks(2, lambda comm: agree_errors(comm, "same")) == ["same", "same"]
-    assert run_ranks(2, lambda comm: agree_errors(comm, None)) == [None, None]
+class _DataMissing(ValueError):
+    pass
+
+
+def test_together_fails_every_rank_with_the_reason():
+    def body(comm):
+        def read():
+            if comm.rank == 1:
+                raise _DataMissing("no data file")
+            return comm.rank
+
+        try:
+            return together(comm, read, (KeyError, _DataMissing))
+        except _DataMissing as exc:
+            return str(exc)
+
+    assert run_ranks(3, body) == ["no data file (on rank 1 of 3)"] * 3
+    assert run_ranks(2, lambda comm: together(comm, lambda: comm.rank, (KeyError,))) == [0, 1]
+
+    def both(comm):
+        try:
+            together(comm, lambda: {}["x" if comm.rank else "y"], (KeyError,))
+        except KeyError as exc:
+            return exc.args[0]
+
+    assert run_ranks(2, both) == ["rank 0: 'y'; rank 1: 'x'"] * 2
 
 
 def test_distributed_evaluation_equals_one_process():
