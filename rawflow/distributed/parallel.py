@@ -43,8 +43,9 @@ def global_sum(comm: Communicator | None, value: float, what: str = "sum") -> fl
 class DataParallel:
     """The per-step collectives of data-parallel training with global batch ``batch_size``.
 
-    ``check_every``: compare parameter digests across ranks every this many steps (and whenever
-    :meth:`check` is called); 0 turns the periodic check off.
+    ``check_every``: compare parameter digests across ranks (:func:`check_replicas`) every this
+    many steps of a ``train`` call; 0 turns the periodic check off (``train`` still checks at the
+    start and the end of every call).
     """
 
     def __init__(self, comm: Communicator, batch_size: int, *, check_every: int = 10):
@@ -78,7 +79,7 @@ class DataParallel:
         return float(total[start]), _rebuild(grads, out)
 
     def after_step(self, step: int, params: dict) -> None:
-        """Run the periodic replica check after global step ``step``."""
+        """The periodic replica check, after step ``step`` (1-based) of the current ``train`` call."""
         if self.check_every and step % self.check_every == 0:
             check_replicas(self.comm, params, f"after step {step} of this train() call")
 
