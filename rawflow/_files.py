@@ -140,3 +140,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sweep: bool = Tr
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, sweep: bool = True) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")), sweep=sweep)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Raise :class:`OSError` (naming ``path``) unless a file can be created at ``path`` now.
+
+    Run before long work so that a result is never computed only to be lost: the folder must
+    exist and accept a new file (permissions, read-only filesystems, ``FILE/sub``, ``''``), and
+    ``path`` must not be a folder. The probe is a temporary file, removed at once.
+    """
+    path = os.fspath(path)
+    if path == "":
+        raise OSError(errno.ENOENT, f"empty {what} path", path)
+    if os.path.isdir(path):
+        raise OSError(errno.EISDIR, f"{what} is a folder", path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(errno.ENOTDIR if os.path.exists(folder) else errno.ENOENT,
+                      "its folder is not a folder" if os.path.exists(folder) else "its folder does not exist", path)
+    probe = temp_name(path)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    os.close(fd)
+    os.unlink(probe)

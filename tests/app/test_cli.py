@@ -53,7 +53,7 @@ def test_demo_quick_end_to_end(tmp_path):
                  "eight_gaussians/loss.png", "digits/loss.png"):
         assert_png(out / name)
     for run in ("eight_gaussians", "digits"):
-        assert {"config.json", "checkpoint.npz", "metrics.json"} <= set(os.listdir(out / run))
+        assert {"config.json", "checkpoint.safetensors", "metrics.json"} <= set(os.listdir(out / run))
     # The demo's runs are ordinary run folders.
     assert main(["sample", "--run", str(out / "digits"), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert_png(tmp_path / "s.png")

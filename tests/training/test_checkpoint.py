@@ -20,8 +20,8 @@ from rawflow import tree
 from rawflow._files import is_temp_name, sweep_stale_temps
 from rawflow.training import tensorfile
 from rawflow.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from support.checkpoint_v1 import members as v1_members
-from support.checkpoint_v1 import save_v1, serialize
+from support.checkpoints import members as v1_members
+from support.checkpoints import resign, save_v1, serialize
 
 
 def example():
@@ -159,17 +159,6 @@ def test_bad_trees_are_refused_at_save(tmp_path):
 
 
 # ------------------------------------------------ item 10: validate before materialising; schema
-def resign(path, arrays: dict, manifest) -> None:
-    """A version-2 file with ``manifest`` (any JSON) and a correct digest: only the schema can refuse it."""
-    meta = json.dumps(manifest)
-    entries, _ = tensorfile.layout(arrays)
-    h = hashlib.sha256(tensorfile.header_bytes(entries, {"rawflow": meta, "rawflow_sha256": "0" * 64}))
-    for name in entries:
-        h.update(np.ascontiguousarray(arrays[name]).tobytes())
-    with open(path, "wb") as f:
-        tensorfile.write(f, arrays, {"rawflow": meta, "rawflow_sha256": h.hexdigest()})
-
-
 GOOD = {"format": "rawflow-checkpoint", "version": 2, "step": 3, "config": {}, "trees": {"p": {"w": None}}}
 BAD_MANIFESTS = [
     (None, "expected an object"), ([], "expected an object"), ("x", "expected an object"),

@@ -1,5 +1,6 @@
-"""The version-1 checkpoint writer (a stored ``.npz``), as rawflow shipped it before version 2: the
-tests write with it to prove such files still load, and to craft malformed ones."""
+"""Crafting checkpoint files: the version-1 writer (a stored ``.npz``, as rawflow shipped it before
+version 2), to prove such files still load and to craft malformed ones; and :func:`resign`, a
+version-2 file with any manifest and arrays and a correct digest, so only validation can refuse it."""
 
 import hashlib
 import io
@@ -9,6 +10,7 @@ import zipfile
 import numpy as np
 
 from rawflow import tree
+from rawflow.training import tensorfile
 
 _DIGEST_LEN = 64
 
@@ -43,3 +45,23 @@ def members(trees: dict, config, step: int, meta_edit=None) -> dict:
 def save_v1(path, trees: dict, config, step: int, meta_edit=None) -> None:
     with open(path, "wb") as f:
         f.write(serialize(members(trees, config, step, meta_edit)))
+
+
+def resign(path, arrays: dict, manifest) -> None:
+    """A version-2 file holding ``arrays`` and ``manifest`` (any JSON value) with a correct digest."""
+    meta = json.dumps(manifest)
+    entries, _ = tensorfile.layout(arrays)
+    h = hashlib.sha256(tensorfile.header_bytes(entries, {"rawflow": meta, "rawflow_sha256": "0" * 64}))
+    for name in entries:
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    with open(path, "wb") as f:
+        tensorfile.write(f, arrays, {"rawflow": meta, "rawflow_sha256": h.hexdigest()})
+
+
+def contents(path):
+    """``(entries, metadata, header bytes, data offset)`` of a version-2 file, without validation."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    metadata = header.pop("__metadata__")
+    return header, metadata, raw[:8 + n], 8 + n
