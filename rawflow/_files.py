@@ -117,7 +117,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *,
     if sweep:
         sweep_stale_temps(folder)
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         _try_lock(fd)
         with os.fdopen(os.dup(fd), "wb") as f:
@@ -125,9 +128,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *,
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write's ENOSPC/EIO names no file
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
     finally:
         os.close(fd)  # releases the lock, after the rename

@@ -157,7 +157,7 @@ def test_backend_reaches_every_coupling_and_actnorm(tmp_path):
         (["--model", "realnvp", "--data", "two_moons", "--patience", "3", "--val-fraction", "0"], "validation split"),
         (["--model", "realnvp", "--data", "two_moons", "--n-samples", "50"], "need at least the batch size"),
         (["--model", "realnvp", "--data", "two_moons", "--preprocess", "logit"], "image data only"),
-        (["--resume"], "no checkpoint.safetensors"),
+        (["--resume"], "no checkpoint in"),
     ],
 )
 def test_train_configuration_errors_exit_2(tmp_path, argv, message, capsys):
