@@ -162,7 +162,7 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OSError(errno.ENOTDIR if os.path.exists(folder) else errno.ENOENT,
-                      "its folder is not a folder" if os.path.exists(folder) else "its folder does not exist", path)
+                      "a parent of it is not a folder" if os.path.exists(folder) else "its folder does not exist", path)
     probe = temp_name(path)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)

@@ -422,6 +422,9 @@ def run_train(args: argparse.Namespace) -> int:
     from . import files
     from .runs import RunDiverged, RunError, has_checkpoint, make_config, run_training
 
+    if not args.out:
+        _err("train", "--out must name a folder")
+        return EXIT_USAGE
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         _err("train", f"--out {args.out!r} exists and is not a folder")
         return EXIT_USAGE
@@ -711,6 +714,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from . import files
     from .demo import run
 
+    if not args.out:
+        _err("demo", "--out must name a folder")
+        return EXIT_USAGE
     if not _have_matplotlib("demo"):
         return EXIT_USAGE
     files.check_output_folder(args.out, force=args.force)

@@ -140,6 +140,8 @@ def check_output_folder(folder: str, *, force: bool, option: str = "--out") -> N
                                       "replace its results, or choose another folder")
     else:
         parent = os.path.dirname(os.path.abspath(folder))
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise OutputError(folder, f"{option}: a parent of it is not a folder", errno.ENOTDIR)
         if not os.path.isdir(parent):
             raise OutputError(folder, f"{option}: its parent folder does not exist", errno.ENOENT)
     os.makedirs(folder, exist_ok=True)
