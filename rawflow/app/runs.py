@@ -712,7 +712,11 @@ def run_training(
                 target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
                 _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt)
                 if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
-                    _evaluate(cfg, model, st, val_x)
+                    try:
+                        _evaluate(cfg, model, st, val_x)
+                    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                        # the last update made parameters a layer refuses (an LU factor overflowed)
+                        raise _diverged(st.step, f"the updated parameters are unusable ({exc})", ckpt) from exc
                 if st.step % every_ckpt == 0 or st.step == steps or st.stopped is not None:
                     save_state(ckpt, cfg, st)
                     _drop_legacy_checkpoint(out)
@@ -809,13 +813,17 @@ def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_
         else:
             what = (f"non-finite {'loss' if not math.isfinite(err.loss) else 'gradient'} "
                     f"(loss {err.loss}, gradient norm {err.grad_norm})")
-        saved = checkpoint_path(os.path.dirname(ckpt))
-        last = f"{saved}, step {_saved_step(saved)}" if os.path.isfile(saved) else "none written yet"
-        raise RunDiverged(
-            f"diverged at step {st.step + err.step}: {what}; training stopped and nothing was written after "
-            f"the last good checkpoint ({last}). Try a smaller --lr, --clip or --scale bounded.") from err
+        raise _diverged(st.step + err.step, what, ckpt) from err
     st.params, st.opt_state, st.step = params, opt_state, target
     st.losses.extend(float(v) for v in losses)
+
+
+def _diverged(step: int, what: str, ckpt: str) -> RunDiverged:
+    saved = checkpoint_path(os.path.dirname(ckpt))
+    last = f"{saved}, step {_saved_step(saved)}" if os.path.isfile(saved) else "none written yet"
+    return RunDiverged(
+        f"diverged at step {step}: {what}; training stopped and nothing was written after "
+        f"the last good checkpoint ({last}). Try a smaller --lr, --clip or --scale bounded.")
 
 
 def _saved_step(path: str) -> str:
