@@ -498,7 +498,7 @@ def _same_run(saved: dict, cfg: dict) -> list[str]:
 
 def load_state(path: str, cfg: dict, model: FlowModel, xp=np) -> TrainState:
     """Read a training checkpoint, check it belongs to this run and model; arrays go to ``xp``."""
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, max_bytes=sizes.checkpoint_limit())
     meta = ck["config"]
     missing = [s for s in ("params", "optimizer", "history") if s not in ck]
     if missing or not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or "rng" not in meta:
@@ -557,7 +557,7 @@ def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
     xp = device_namespace(cfg["device"]) if xp is None else xp
     model = build_model(cfg)
     path = checkpoint_path(run_dir)
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, max_bytes=sizes.checkpoint_limit())
     meta = ck["config"]
     if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or _same_run(meta["run"], cfg):
         raise CheckpointError(f"checkpoint {path}: does not belong to the run described by {CONFIG}")

@@ -44,6 +44,11 @@ def check_memory(what: str, need_bytes: float) -> None:
                          f"{_gb(have)} of memory; choose a smaller size")
 
 
+def checkpoint_limit() -> int:
+    """The most bytes of arrays a command loads from a checkpoint: refused before allocation beyond it."""
+    return int(MEMORY_FRACTION * physical_memory())
+
+
 def _mlp(widths: list[int]) -> int:
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
