@@ -48,6 +48,29 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     assert_same_run(once, twice)
 
 
+def test_a_run_from_before_checkpoint_format_2_still_resumes_bit_for_bit(tmp_path):
+    """A run folder with a format-1 ``checkpoint.npz`` (leaves only: the prior's empty subtree is not
+    in it) samples, evaluates and resumes; its first format-2 save replaces the old file."""
+    from support.checkpoints import save_v1
+
+    data = str(images_file(tmp_path))
+    args = ["--model", "glow", "--data", data, "--K", "1", "--L", "2", "--width", "4", "--batch-size", "16",
+            "--eval-every", "3", "--quiet"]
+    once, old = tmp_path / "once", tmp_path / "old"
+    assert main(["train", *args, "--steps", "6", "--out", str(once)]) == 0
+    assert main(["train", *args, "--steps", "3", "--out", str(old)]) == 0
+    ck = load_checkpoint(old / "checkpoint.safetensors")
+    step, config = ck.pop("step"), ck.pop("config")
+    assert ck["params"]["prior"] == {}  # what format 1 could not store
+    save_v1(old / "checkpoint.npz", ck, config, step)
+    (old / "checkpoint.safetensors").unlink()
+    assert main(["sample", "--run", str(old), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["eval", "--run", str(old)]) == 0
+    assert main(["train", "--resume", "--steps", "6", "--out", str(old), "--quiet"]) == 0
+    assert sorted(p.name for p in old.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint.safetensors"]
+    assert_same_run(once, old)
+
+
 def test_resuming_after_a_crash_reproduces_the_loss_trajectory(tmp_path):
     """Images (fresh dequantisation noise per batch from the checkpointed generator), a cosine
     schedule with warm-up, Adam, and a crash between checkpoints: the run picks up at step 10 and
