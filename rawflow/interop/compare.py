@@ -16,7 +16,7 @@ Exports add ``params.roundtrip``: the rawflow parameters read back from the expo
 
 Error measure (per quantity, and per parameter tensor): the normwise relative error
 ``max|a − b| / max(‖a‖∞, ‖b‖∞)`` (0 when both are exactly zero); for log-dets and log-densities
-the denominator is at least 1 (``max(1, |ld|)``, as in DESIGN.md §3): a log-det is a sum of terms
+the denominator is at least 1 (``max(1, |ld|)``, as in rawflow.check): a log-det is a sum of terms
 of both signs, and near 0 its relative error measures cancellation, not disagreement. Bars:
 ``1e-12`` for outputs, log-dets and parameter round trips, ``1e-10`` for gradients.
 """
