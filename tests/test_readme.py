@@ -26,7 +26,7 @@ def test_readme_links_stay_inside_the_repository():
     for doc in [README, root / "rawflow" / "check" / "README.md", root / "benchmarks" / "README.md",
                 *sorted((root / "docs").glob("*.md"))]:
         text = doc.read_text()
-        assert "DESIGN.md" not in text, doc
+        assert "DESIGN.md" not in text, doc  # a file outside the repository
         for target in re.findall(r"\]\(([^)#]+)\)", text):
             if "://" not in target:
                 assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
@@ -41,3 +41,11 @@ def test_install_notes_are_true():
     assert "pip install -e '.[jax]'" in (README.parent / "rawflow" / "check" / "README.md").read_text()
     assert "--index-url https://download.pytorch.org/whl/cpu" in text  # the CPU build before '.[interop]'
     assert text.index("whl/cpu") < text.index("pip install -e '.[interop]'      #")
+
+
+def test_no_docstring_cites_a_file_outside_the_repository():
+    root = README.parent
+    sources = [*(root / "rawflow").rglob("*.py"), *(root / "kernels").glob("*.py"), *(root / "benchmarks").glob("*.py")]
+    assert sources
+    bad = [str(p.relative_to(root)) for p in sources if "DESIGN.md" in p.read_text()]
+    assert not bad, bad
