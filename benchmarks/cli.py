@@ -162,6 +162,11 @@ def main(argv=None) -> int:
         print(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}", file=sys.stderr)
         return 2
     suites = args.suites or list(SUITES)
+    from rawflow._files import check_writable
+
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:
+            check_writable(path, option)  # OSError naming the path, before minutes of timing
     opts = options_from(args)
     torch_info = runtime.import_torch_first() if opts.torch else {"torch": "not used (--no-torch)"}
     try:

@@ -31,7 +31,7 @@ size before it is timed; timing uses CUDA events around back-to-back calls after
 cycling through enough input sets that together they exceed 3× the L2 cache (no call reads what
 the previous one left in cache), medians over repeats. Writes JSON to ``--json`` or, if the
 environment has ``OUT``, to ``$OUT/gpu_suite.json``; prints progress as it goes and the table last.
-Sizes: DESIGN.md §4's four (64×3072, 256×12288, 1024×98304, 4096×16384) and two larger ones;
+Sizes: four (64×3072, 256×12288, 1024×98304, 4096×16384) and two larger ones;
 the whole default run is sized for under 5 minutes on an H200 (``--time-limit`` guards it).
 
 Self-contained on purpose: it runs from a bare checkout on the GPU machine (``rawflow`` need not
@@ -187,7 +187,7 @@ def _size(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpu_suite.py", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=_size, nargs="+", help="ROWSxCOLS (default: DESIGN.md §4's four and two larger)")
+    p.add_argument("--sizes", type=_size, nargs="+", help="ROWSxCOLS (default: 64x3072 … 4096x16384 and two larger)")
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--scale", choices=sorted(SCALES), default="exp")

@@ -12,7 +12,7 @@ flattened to rows of ``M`` and ``2M`` columns; ``log s = scale_map(h_s)``::
 The source is ``cuda_c_coupling.cu`` beside this file (its header lists the exactness choices:
 no FMA contraction of outputs, a compensated float64 log-det through warp shuffles and shared
 memory, one rounding to the dtype, the inverse's log-det the exact negation). Why a second GPU
-path: measured on this project's lent H200 (DESIGN.md §4), a hand-written CUDA C pair with 16-byte
+path: measured earlier on an H200 (docs/kernels.md, "GPU"), a hand-written CUDA C pair with 16-byte
 loads ran the fused forward+backward in 15 µs at 64 × 3072 (numba-cuda: 44 µs, mostly launch
 overhead from Python) and reached 97.5 % of the copy bandwidth at 4096 × 16384 (numba-cuda 71–78 %
 at large sizes): the issue's GPU targets (≥ 5× torch eager at 64 × 3072, ≥ 90 % of copy) need it.

@@ -39,7 +39,7 @@ PUBLIC = [
 # Layer of each top-level part of the package (a higher number is a higher layer).
 LAYER = {
     "app": 9, "testing": 8, "training": 7, "check": 7, "interop": 7, "distributed": 6, "models": 5, "bijectors": 4,
-    "kernels": 3, "nets": 2, "distributions": 2, "data": 1, "tree": 1, "_array": 0, "_version": 0,
+    "kernels": 3, "nets": 2, "distributions": 2, "data": 1, "tree": 1, "_array": 0, "_version": 0, "_files": 0,
 }
 SUBPACKAGES = ["app", "bijectors", "data", "distributions", "models", "nets", "training", "check", "interop",
                "distributed"]

@@ -12,7 +12,13 @@ Commands:
   parsers (delegated).
 
 Exit codes: 0 success; 1 a run that failed (diverged, unusable checkpoint, a demo claim that did
-not hold); 2 bad arguments, config or data; 130 interrupted.
+not hold); 2 bad arguments, config or data, or a file that cannot or must not be written (every
+``OSError`` is one line naming the path); 70 an unexpected error, i.e. a bug in rawflow (one line;
+``rawflow --debug COMMAND ...`` or ``RAWFLOW_DEBUG=1`` shows its traceback); 130 interrupted.
+
+Files: nothing a user wrote is overwritten without ``--force``, a run's own files never are, run
+folders are locked while a process trains in them, and outputs are checked to be writable before
+the work that produces them starts (:mod:`rawflow.app.files`).
 
 BLAS threads: every command runs OpenBLAS single-threaded by default (``--threads``). The GEMMs
 of these models are small (batch 128 × 64 × 64, or Glow's 3×3 convolutions on 8×8 images); on a
@@ -30,7 +36,7 @@ import sys
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 
 # ------------------------------------------------------------------------------ argument types
@@ -103,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact, from-scratch flow models (NICE, RealNVP, Glow) with hand-written gradients.",
     )
     parser.add_argument("--version", action="version", version=f"rawflow {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (also: RAWFLOW_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(commands)
     _add_train(commands)
@@ -133,6 +141,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds; for tests, results not checked)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="replace the results of an earlier demo in --out")
     _common(p)
     p.set_defaults(handler=run_demo)
 
@@ -142,7 +151,7 @@ def _add_train(commands) -> None:
 
     p = commands.add_parser(
         "train", help="train NICE, RealNVP or Glow on a 2-D density, the digits or your .npy/.npz data",
-        description="Train a flow and write config.json, checkpoint.npz (resumable bit for bit), metrics.json "
+        description="Train a flow and write config.json, checkpoint.safetensors (resumable bit for bit), metrics.json "
         "and loss.png into --out. Data: a 2-D density (" + ", ".join(sorted(DATASETS)) + "), 'digits' "
         "(8×8, shipped with scikit-learn), or a .npy/.npz file holding (N, D) floats or (N, C, H, W) / "
         "(N, H, W) integer images (dequantised). Unset options take defaults that depend on the model "
@@ -188,7 +197,8 @@ def _add_train(commands) -> None:
     g.add_argument("--patience", type=_positive_int, metavar="P",
                    help="stop after P validations without improvement (default: never)")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="default: --eval-every")
-    g.add_argument("--out", default="rawflow-run", metavar="DIR", help="run folder (default: %(default)s)")
+    g.add_argument("--out", default="rawflow-run", metavar="DIR",
+                   help="run folder: new, empty, or a run to --resume (default: %(default)s); locked while training")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--comm-timeout", type=_positive_float, default=300.0, metavar="S",
@@ -200,13 +210,16 @@ def _add_train(commands) -> None:
 
 def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="draw samples from a trained run (PNG or NPZ)",
-                            description="Draw samples x = f⁻¹(z), z ~ N(0, T²I), from a trained run.")
+                            description="Draw samples x = f⁻¹(z), z ~ N(0, T²I), from a trained run. Draws whose "
+                            "x is not finite (the flow's inverse overflowed) are left out and counted on stderr "
+                            "(and in FILE.npz: n_requested, nonfinite_index); none finite is an error.")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train or demo")
     p.add_argument("--n", type=_positive_int, default=64, metavar="N", help="samples (default: %(default)s)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
                    help="prior temperature (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default: %(default)s")
     p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/samples.png)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
     _common(p)
     p.set_defaults(handler=run_sample)
 
@@ -222,6 +235,7 @@ def _add_interpolate(commands) -> None:
     p.add_argument("--index", type=_nonneg_int, nargs=2, metavar=("I", "J"),
                    help="interpolate between test inputs I and J instead")
     p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/interpolation.png)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
     _common(p)
     p.set_defaults(handler=run_interpolate)
 
@@ -235,7 +249,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="default: %(default)s")
     p.add_argument("--data", metavar="NAME|PATH", help="evaluate on all of this data instead of a split")
     p.add_argument("--data-key", metavar="KEY", help="array name inside a .npz with several arrays")
-    p.add_argument("--n", type=_positive_int, default=5000, metavar="N", help="--data NAME (2-D): points drawn")
+    p.add_argument("--n", type=_positive_int, metavar="N", help="--data NAME (2-D): points drawn (default 5000)")
     p.add_argument("--seed", type=_seed, default=12345, metavar="S", help="--data: seed for drawing/dequantising")
     _common(p)
     p.set_defaults(handler=run_eval)
@@ -279,6 +293,10 @@ def _err(command: str, message: str) -> None:
     print(f"rawflow {command}: error: {message}", file=sys.stderr)
 
 
+def _warn(command: str, message: str) -> None:
+    print(f"rawflow {command}: warning: {message}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _blas_threads(n: int):
     try:
@@ -299,36 +317,42 @@ def _have_matplotlib(command: str) -> bool:
     return True
 
 
-def _folder_for_output(command: str, path: str) -> bool:
-    if os.path.exists(path) and not os.path.isdir(path):
-        _err(command, f"--out {path!r} exists and is not a folder")
-        return False
-    return True
-
-
-def _output_kind(command: str, path: str | None) -> str | None:
-    """``".png"`` or ``".npz"`` (``None`` = the default PNG in the run folder), or ``""`` after an error."""
-    if path is None:
-        return ".png"
+def _output(command: str, args, default_name: str) -> tuple[str, str] | None:
+    """``(path, ".png" | ".npz")`` for ``--out`` (default ``DIR/default_name``), or ``None`` after
+    printing why not."""
+    path = args.out if args.out is not None else os.path.join(args.run, default_name)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".npz"):
         _err(command, f"--out must end in .png or .npz, got {path!r}")
-        return ""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        _err(command, f"--out: folder {parent} does not exist")
-        return ""
-    return ext
+        return None
+    if ext == ".png" and not _have_matplotlib(command):
+        return None
+    return path, ext
+
+
+def _check_output(path: str, args, cfg: dict) -> None:
+    """Raise ``OutputError`` unless ``path`` may be written now: writable, not a run's own file or
+    its data, not an existing file without ``--force`` (:func:`rawflow.app.files.check_new_output`)."""
+    from . import files
+
+    data = cfg["data"] if cfg["data"].endswith((".npy", ".npz")) else ""
+    files.check_new_output(path, force=args.force, protect=(data,))
+
+
+def _number(value, fmt: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def _summary(metrics: dict) -> str:
     if "test_bits_per_dim" in metrics:
-        return (f"held-out test: {metrics['test_bits_per_dim']:.4f} bits/dim (NLL {metrics['test_nll']:.4f} nats); "
-                f"independent-pixel baseline {metrics['test_baseline_bits_per_dim']:.4f} bits/dim")
+        return (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim (NLL {_number(metrics['test_nll'])} "
+                f"nats); independent-pixel baseline {_number(metrics['test_baseline_bits_per_dim'])} bits/dim")
     if "test_nll" in metrics:
-        text = f"held-out test NLL {metrics['test_nll']:.4f} nats; full-covariance Gaussian {metrics['test_gaussian_nll']:.4f}"
+        text = f"held-out test NLL {_number(metrics['test_nll'])} nats; full-covariance Gaussian "
+        text += (_number(metrics["test_gaussian_nll"]) if metrics.get("test_gaussian_nll") is not None
+                 else f"n/a ({metrics.get('test_gaussian_note', 'not computed')})")
         if "test_true_nll" in metrics:
-            text += f"; true density {metrics['test_true_nll']:.4f}"
+            text += f"; true density {_number(metrics['test_true_nll'])}"
         return text
     return "no test split (--test-fraction 0); see metrics.json"
 
@@ -383,23 +407,52 @@ def _resume_config(args) -> dict:
 
 
 def _train_config(args) -> dict:
-    """The run's config from the command line; :class:`RunError` (or ``CheckpointError``) if it cannot start."""
-    from .runs import CHECKPOINT, RunError, make_config
+    """The run's config from the command line; :class:`RunError` (or ``CheckpointError``, or an
+    :class:`~rawflow.app.files.OutputError` for the folder) if it cannot start."""
+    from . import files
+    from .runs import RunError, has_checkpoint, make_config
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
+    if not args.out:
+        raise RunError("--out must name a folder")
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise RunError(f"--out {args.out!r} exists and is not a folder")
     if args.resume:
-        if not os.path.isfile(os.path.join(args.out, CHECKPOINT)):
-            raise RunError(f"--resume: no {CHECKPOINT} in {args.out}")
+        if not has_checkpoint(args.out):
+            raise RunError(f"--resume: no checkpoint in {args.out}")
         return _resume_config(args)
     if args.model is None or args.data is None:
         raise RunError("--model and --data are required (unless --resume)")
-    if os.path.exists(os.path.join(args.out, CHECKPOINT)):
-        raise RunError(f"{args.out} already holds a run; use --resume to continue it or choose another --out")
+    files.check_fresh_run_folder(args.out)
     try:
         return make_config(_train_options(args), flags={k: _flag(k) for k in ARCH_OPTIONS.values()})
     except ImportError as exc:  # the digits need scikit-learn
         raise RunError(str(exc)) from exc
+
+
+def _train_warnings(args, cfg: dict) -> list[str]:
+    """Options given on the command line that have no effect in this combination."""
+    out = []
+    if args.momentum is not None and cfg["optimizer"] != "sgd":
+        out.append(f"--momentum applies to --optimizer sgd only; the {cfg['optimizer']} run ignores it")
+    if cfg["warmup"] > cfg["steps"]:
+        out.append(f"--warmup {cfg['warmup']} is longer than the run's {cfg['steps']} steps: the learning rate "
+                   f"never reaches --lr (it peaks at {cfg['steps'] / cfg['warmup']:.3g}× of it)")
+    if args.patience is not None and cfg["val_fraction"] == 0:
+        out.append("--patience needs a validation split")
+    return out
+
+
+def _lock_run_folder(args, lock: contextlib.ExitStack) -> None:
+    """Take the run folder's lock into ``lock`` (rank 0 only under MPI: it alone writes there) and
+    check again under it: another process may have started, finished or moved a run meanwhile."""
+    from . import files
+    from .runs import RunError, has_checkpoint
+
+    lock.enter_context(files.run_lock(args.out))  # FolderBusy (exit 2) while another process trains here
+    if args.resume and not has_checkpoint(args.out):
+        raise RunError(f"--resume: no checkpoint in {args.out}")
+    if not args.resume:
+        files.check_fresh_run_folder(args.out)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -409,11 +462,11 @@ def run_train(args: argparse.Namespace) -> int:
     anything (:func:`rawflow.distributed.parallel.together`): errors that every rank reaches
     together are printed once, by rank 0, and end the job normally, while a rank-local failure (a
     collective past ``--comm-timeout``, a crash) is printed by the rank that saw it and ends every
-    rank through ``MPI_Abort``.
+    rank through ``MPI_Abort``. Rank 0 alone holds the run folder's lock.
     """
     from ..distributed import CommError, LaunchError, ReplicaDivergence, for_device, from_environment, together
     from ..training.checkpoint import CheckpointError
-    from .runs import RunDiverged, RunError, run_training
+    from .runs import RunDiverged, RunError, check_launch, run_training
 
     try:
         comm = from_environment(timeout=args.comm_timeout)
@@ -427,20 +480,32 @@ def run_train(args: argparse.Namespace) -> int:
             _err("train", message)
         return code
 
+    # Errors a rank may meet before training; under MPI each is shared with every rank (an OSError,
+    # e.g. a busy or foreign run folder, arrives on the other ranks as a RunError with its message).
+    startup = (RunError, CheckpointError, OSError)
+    lock = contextlib.ExitStack()
     try:
         try:
-            cfg = together(comm, lambda: _train_config(args), (RunError, CheckpointError))
+            cfg = together(comm, lambda: _train_config(args), startup)
         except CheckpointError as exc:  # the saved config.json / checkpoint could not be used
             return fail(str(exc), EXIT_FAILED)
+        if lead:
+            for message in _train_warnings(args, cfg):
+                _warn("train", message)
         comm = for_device(comm, cfg["device"])
-        if lead and not args.quiet:
-            arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
-            ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
-            print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
-                  f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
-                  f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
-        with _blas_threads(args.threads):
-            metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, comm=comm)
+        # before the lock creates the folder, so that a bad launch writes nothing (run_training checks
+        # again for callers of the API: one cheap collective)
+        check_launch(cfg, args.out, args.resume, comm)
+        with lock:
+            together(comm, lambda: _lock_run_folder(args, lock) if lead else None, startup)
+            if lead and not args.quiet:
+                arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
+                ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
+                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
+                      f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
+                      f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
+            with _blas_threads(args.threads):
+                metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, comm=comm)
     except RunDiverged as exc:
         return fail(str(exc), EXIT_FAILED)
     except CheckpointError as exc:
@@ -458,7 +523,7 @@ def run_train(args: argparse.Namespace) -> int:
         return _abort(comm, f"{exc}; the last checkpoint in {args.out} is intact (continue with --resume)", EXIT_FAILED)
     except Exception as exc:
         if comm.size == 1:
-            raise
+            raise  # main() reports it in one line (OSError: the path; anything else: exit 70, --debug)
         import traceback
 
         traceback.print_exc()
@@ -467,7 +532,7 @@ def run_train(args: argparse.Namespace) -> int:
     if lead:
         print(_summary(metrics))
         if not args.quiet:
-            print(f"wrote {args.out}/config.json, checkpoint.npz, metrics.json, loss.png")
+            print(f"wrote {args.out}/config.json, checkpoint.safetensors, metrics.json, loss.png")
     return EXIT_OK
 
 
@@ -481,6 +546,17 @@ def _abort(comm, message: str, code: int) -> int:
 
 
 # ------------------------------------------------------------------------ sample / interpolate
+def _run_config(command: str, run_dir: str):
+    """The run's config (cheap: no checkpoint read), or an exit code after printing why not."""
+    from .runs import RunError, read_config
+
+    try:
+        return read_config(run_dir)
+    except RunError as exc:
+        _err(command, str(exc))
+        return EXIT_USAGE
+
+
 def _load_run(command: str, run_dir: str):
     """``(params, model, cfg, step)``, or an exit code after printing why the run cannot be used."""
     from ..training.checkpoint import CheckpointError
@@ -496,64 +572,107 @@ def _load_run(command: str, run_dir: str):
         return EXIT_USAGE
 
 
+def _size_error(command: str, check, *args) -> bool:
+    try:
+        check(*args)
+    except ValueError as exc:
+        _err(command, str(exc))
+        return True
+    return False
+
+
+def _finite_samples(model, params, rng, n: int, temperature: float):
+    """``(x, dropped)``: the finite samples of ``n`` draws and the indices of the others.
+
+    Rule (documented in ``rawflow sample --help``): a draw whose ``x = f⁻¹(z)`` is not finite is
+    left out and counted, never redrawn; redrawing would sample the model conditioned on finiteness
+    and hide how often its inverse overflows, which a user checking a model needs to see.
+    """
+    from .._array import to_numpy
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x = to_numpy(model.sample(params, rng, n, temperature=temperature))
+    ok = np.isfinite(x.reshape(n, -1)).all(axis=1)
+    return x[ok], np.flatnonzero(~ok)
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    ext = _output_kind("sample", args.out)
-    if not ext or (ext == ".png" and not _have_matplotlib("sample")):
+    from . import files, sizes
+
+    out = _output("sample", args, "samples.png")
+    if out is None:
         return EXIT_USAGE
-    out = args.out or os.path.join(args.run, "samples.png")
+    out, ext = out
+    cfg = _run_config("sample", args.run)
+    if isinstance(cfg, int):
+        return cfg
+    _check_output(out, args, cfg)
+    if _size_error("sample", sizes.check_sample_sizes, args.n, cfg, ext == ".png"):
+        return EXIT_USAGE
     with _blas_threads(args.threads):
         loaded = _load_run("sample", args.run)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
-        from .._array import to_numpy
         from .runs import quantize
 
         rng = np.random.default_rng(args.seed)
-        x = model.sample(params, rng, args.n, temperature=args.temperature)
-        if not np.isfinite(to_numpy(x)).all():
-            _err("sample", "the model produced non-finite samples (try a lower --temperature)")
+        x, dropped = _finite_samples(model, params, rng, args.n, args.temperature)
+        if len(x) == 0:
+            _err("sample", f"all {args.n} samples are non-finite (the inverse overflowed; try a lower --temperature)")
             return EXIT_FAILED
+        if len(dropped):
+            _warn("sample", f"{len(dropped)} of {args.n} samples are non-finite (the inverse overflowed) and are "
+                            f"left out; {len(x)} written")
         images = cfg["kind"] == "image"
         if ext == ".npz":
-            arrays = {"samples": to_numpy(x)}
+            arrays = {"samples": x, "n_requested": np.asarray(args.n), "nonfinite_index": dropped}
             if images:
                 arrays["pixels"] = quantize(cfg, x)
-            np.savez(out, **arrays)
+            files.write_with(out, lambda f: np.savez(f, **arrays))
         else:
             from . import plots
 
             title = f"{cfg['model']} on {os.path.basename(cfg['data'])}, step {step}, T = {args.temperature:g}"
             if images:
                 pixels = quantize(cfg, x) / (cfg["n_bins"] - 1)
-                plots.sample_grids(out, {f"{args.n} samples": pixels}, ncol=int(math.ceil(math.sqrt(args.n))),
+                plots.sample_grids(out, {f"{len(x)} samples": pixels}, ncol=int(math.ceil(math.sqrt(len(x)))),
                                    title=title)
             else:
-                from .runs import load_data
+                from .runs import load_run_data
 
-                plots.scatter(out, {"test data": load_data(cfg).test, "samples": to_numpy(x)}, title=title)
+                plots.scatter(out, {"test data": load_run_data(cfg).test, "samples": x}, title=title)
     print(f"wrote {out}")
     return EXIT_OK
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
+    from . import files, sizes
+
     if args.steps < 2:
         _err("interpolate", "--steps must be at least 2")
         return EXIT_USAGE
-    ext = _output_kind("interpolate", args.out)
-    if not ext or (ext == ".png" and not _have_matplotlib("interpolate")):
+    out = _output("interpolate", args, "interpolation.png")
+    if out is None:
         return EXIT_USAGE
-    out = args.out or os.path.join(args.run, "interpolation.png")
+    out, ext = out
+    cfg = _run_config("interpolate", args.run)
+    if isinstance(cfg, int):
+        return cfg
+    _check_output(out, args, cfg)
+    pairs = 1 if args.index is not None else args.pairs
+    if _size_error("interpolate", sizes.check_interpolation_sizes, args.steps, pairs, cfg, ext == ".png"):
+        return EXIT_USAGE
     with _blas_threads(args.threads):
         loaded = _load_run("interpolate", args.run)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
         from .._array import to_numpy
-        from .runs import RunError, device_namespace, eval_inputs, load_data, quantize
+        from .runs import RunError, device_namespace, eval_inputs, load_run_data, quantize
 
         try:
-            data = load_data(cfg)
+            data = load_run_data(cfg)
         except RunError as exc:
             _err("interpolate", str(exc))
             return EXIT_USAGE
@@ -571,7 +690,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
             arrays = {"frames": frames, "index_a": np.asarray(first), "index_b": np.asarray(second)}
             if cfg["kind"] == "image":
                 arrays["pixels"] = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
-            np.savez(out, **arrays)
+            files.write_with(out, lambda f: np.savez(f, **arrays))
         else:
             from . import plots
 
@@ -586,17 +705,21 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- eval
 def run_eval(args: argparse.Namespace) -> int:
-    import json
+    from ..data.datasets import DATASETS
+    from . import files
 
+    if args.n is not None and args.data not in DATASETS:
+        _warn("eval", "--n sets the points drawn for --data NAME (a 2-D density); "
+                      + ("without --data it is ignored" if args.data is None else f"--data {args.data} ignores it"))
     with _blas_threads(args.threads):
         loaded = _load_run("eval", args.run)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
-        from .runs import RunError, device_namespace, held_out_metrics, load_data
+        from .runs import RunError, device_namespace, held_out_metrics, load_run_data
 
         try:
-            data = load_data(cfg)
+            data = load_run_data(cfg)
             split = args.split
             if args.data is not None:
                 data, split = _other_data(cfg, args, data), "test"
@@ -604,14 +727,16 @@ def run_eval(args: argparse.Namespace) -> int:
             _err("eval", str(exc))
             return EXIT_USAGE
         if len(getattr(data, split)) == 0:
-            _err("eval", f"the run has no {split} split")
+            _err("eval", f"--data {args.data} holds no examples" if args.data is not None
+                 else f"the run has no {split} split")
             return EXIT_USAGE
         xp = device_namespace(cfg["device"])
         eval_cfg = dict(cfg, seed=args.seed) if args.data is not None else cfg
-        metrics = held_out_metrics(eval_cfg, model, params, data, split, xp, prefix="")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            metrics = held_out_metrics(eval_cfg, model, params, data, split, xp, prefix="")
     report = {"run": args.run, "step": step, "data": args.data or cfg["data"],
               "split": split if args.data is None else "all", **metrics}
-    print(json.dumps(report, indent=2))
+    print(files.json_text(report), end="")
     return EXIT_OK
 
 
@@ -623,7 +748,7 @@ def _other_data(cfg: dict, args, run_data):
     shape = tuple(cfg["event_shape"])
     name = args.data
     if name in DATASETS:
-        x = make_2d(name, args.n, np.random.default_rng(args.seed))
+        x = make_2d(name, 5000 if args.n is None else args.n, np.random.default_rng(args.seed))
     elif name == "digits":
         from ..data.images import digits
 
@@ -632,13 +757,19 @@ def _other_data(cfg: dict, args, run_data):
         x = read_array(name, args.data_key)
         if cfg["kind"] == "image" and x.ndim == 3:
             x = x[:, None]
-    if tuple(x.shape[1:]) != shape:
+    if x.ndim < 1 or tuple(x.shape[1:]) != shape:
         raise RunError(f"--data {name}: examples of shape {tuple(x.shape[1:])}, the run models {shape}")
     if cfg["kind"] == "image":
-        if x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= cfg["n_bins"]:
+        if x.size and (x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= cfg["n_bins"]):
             raise RunError(f"--data {name}: need integer pixels in [0, {cfg['n_bins'] - 1}]")
         x = x.astype(np.int64)
     else:
+        if x.dtype.kind not in "fiu":
+            raise RunError(f"--data {name}: need real numbers, got dtype {x.dtype}")
+        bad = ~np.isfinite(x.astype(np.float64)).all(axis=tuple(range(1, x.ndim)))
+        if bad.any():
+            raise RunError(f"--data {name}: {int(bad.sum())} of {len(x)} rows hold NaN or Inf "
+                           f"(first at row {int(np.flatnonzero(bad)[0])})")
         x = x.astype(np.float64)
     empty = x[:0]
     return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"])
@@ -646,12 +777,17 @@ def _other_data(cfg: dict, args, run_data):
 
 # ---------------------------------------------------------------------------------------- demo
 def run_demo(args: argparse.Namespace) -> int:
+    from . import files
     from .demo import run
 
-    if not _folder_for_output("demo", args.out) or not _have_matplotlib("demo"):
+    if not args.out:
+        _err("demo", "--out must name a folder")
         return EXIT_USAGE
+    if not _have_matplotlib("demo"):
+        return EXIT_USAGE
+    files.check_output_folder(args.out, force=args.force)
     try:
-        with _blas_threads(args.threads):
+        with files.run_lock(args.out), _blas_threads(args.threads):
             return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
     except KeyboardInterrupt:
         _err("demo", "interrupted")
@@ -659,8 +795,19 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _os_error(exc: OSError) -> str:
+    """One line naming the path: ``PATH: what went wrong``."""
+    from .files import OutputError
+
+    if isinstance(exc, OutputError):
+        return str(exc)
+    what = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}" + (f" (→ {exc.filename2})" if exc.filename2 else "")
+    return what
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED_HELP:
         return _delegated(argv[0])(argv[1:])
     parser = build_parser()
@@ -670,6 +817,45 @@ def main(argv: list[str] | None = None) -> int:
         print("\nrawflow: error: a command is required (e.g. 'rawflow demo')", file=sys.stderr)
         return EXIT_USAGE
     return args.handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error a user can cause is one line on stderr and an exit code.
+
+    ``OSError`` (a path that cannot be read or written, a full disk, a read-only filesystem) is
+    ``rawflow COMMAND: error: PATH: reason`` with exit 2. Anything unexpected is a bug: one line
+    with exit 70, and the traceback with ``--debug`` or ``RAWFLOW_DEBUG=1``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("RAWFLOW_DEBUG", "") not in ("", "0")
+    while argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _dispatch(argv)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _err(command, "interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if debug:
+            raise
+        _err(command, _os_error(exc))
+        return EXIT_USAGE
+    except MemoryError:
+        if debug:
+            raise
+        _err(command, "out of memory; choose smaller sizes")
+        return EXIT_FAILED
+    except Exception as exc:
+        if debug:
+            raise
+        _err(command, f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} — a bug in "
+                      "rawflow; 'rawflow --debug ...' (or RAWFLOW_DEBUG=1) shows the traceback")
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

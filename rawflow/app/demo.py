@@ -67,6 +67,7 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     from . import plots
     from .._array import to_numpy
     from ..data.datasets import eight_gaussians_log_prob
+    from .files import run_lock
     from .runs import RunDiverged, eval_inputs, load_data, load_params, make_config, quantize, run_training
 
     start = time.perf_counter()
@@ -82,7 +83,8 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     say(f"[1/2] RealNVP ({cfg['arch']['n_couplings']} affine couplings, {cfg['arch']['scale']} scale, "
         f"{'-'.join(map(str, cfg['arch']['hidden']))} ReLU MLPs) on 8 Gaussians: {cfg['steps']} steps")
     try:
-        m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="8 Gaussians")
+        with run_lock(run_dir):
+            m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="8 Gaussians")
     except RunDiverged as exc:
         print(f"rawflow demo: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +107,8 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     say(f"[2/2] Glow (K={a['K']}, L={a['L']}, width {a['width']}, {a['coupling']} couplings, {a['permutation']} "
         f"1×1 convs) on 8×8 digits ({cfg['n_bins']} levels, dequantised): {cfg['steps']} steps")
     try:
-        m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="digits Glow")
+        with run_lock(run_dir):
+            m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="digits Glow")
     except RunDiverged as exc:
         print(f"rawflow demo: {exc}", file=sys.stderr)
         return 1
@@ -157,10 +160,12 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
 
 
 def _fresh(cfg: dict, run_dir: str) -> dict:
-    """The demo retrains from scratch: an old checkpoint in its run folder is replaced."""
-    from .runs import CHECKPOINT
+    """The demo retrains from scratch: an old checkpoint in its run folder (the CLI asked for
+    ``--force`` before an existing demo folder is reused) is replaced."""
+    from .runs import CHECKPOINT, LEGACY_CHECKPOINT
 
-    path = os.path.join(run_dir, CHECKPOINT)
-    if os.path.isfile(path):
-        os.remove(path)
+    for name in (CHECKPOINT, LEGACY_CHECKPOINT):
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
     return cfg

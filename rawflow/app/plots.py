@@ -13,11 +13,14 @@ from typing import Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._files import atomic_write
+
 DPI = 100
 
 
 def _save(fig: Figure, path: str) -> str:
-    fig.savefig(path, dpi=DPI)
+    """Write the PNG atomically (a temporary file renamed over ``path``), so a failure never leaves half a file."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     return path
 
 

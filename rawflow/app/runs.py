@@ -2,13 +2,15 @@
 
 A run lives in one folder::
 
-    config.json      the run's configuration (everything needed to rebuild data, model, optimiser)
-    checkpoint.npz   parameters, optimiser state, best-validation parameters, loss history,
-                     the epoch loader's permutation, and (in the JSON manifest) the generator's
-                     ``bit_generator.state``, the loader position and the early-stopping state
-    metrics.json     held-out results of the finished run (NLL; bits/dim and the independent-pixel
-                     baseline for images; the Gaussian baseline, and the true NLL where known, for vectors)
-    loss.png         the training curve (when matplotlib is installed)
+    config.json              the run's configuration (everything needed to rebuild data, model, optimiser)
+    checkpoint.safetensors   parameters, optimiser state, best-validation parameters, loss history,
+                             the epoch loader's permutation, and (in the JSON manifest) the generator's
+                             ``bit_generator.state``, the loader position and the early-stopping state
+                             (runs written before checkpoint format 2 have ``checkpoint.npz``; both load)
+    metrics.json             held-out results of the finished run (NLL; bits/dim and the independent-pixel
+                             baseline for images; the Gaussian baseline, and the true NLL where known, for vectors)
+    loss.png                 the training curve (when matplotlib is installed)
+    .rawflow.lock            locked (``flock``) while a process trains here (:func:`rawflow.app.files.run_lock`)
 
 Determinism: the data split and the evaluation noise come from generators seeded by
 ``(seed, purpose)``; initialisation, batch order and training dequantisation noise from one
@@ -48,6 +50,7 @@ import numpy as np
 
 from .._version import __version__
 from ..data import arrayfile
+from . import files, schema, sizes
 from .. import tree as _tree
 from .._array import to_numpy
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -58,7 +61,8 @@ from ..models.model import FlowModel
 from ..training.loop import EpochLoader, TrainingDiverged, evaluate_nll, gaussian_baseline_nll, train
 
 CONFIG = "config.json"
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.npz"  # checkpoint format 1; loaded, replaced at the next save
 METRICS = "metrics.json"
 RUN_FORMAT = "rawflow-run"
 
@@ -113,6 +117,17 @@ class RunError(ValueError):
 
 class RunDiverged(RuntimeError):
     """Training hit a NaN/Inf; nothing was written after the last good checkpoint."""
+
+
+def checkpoint_path(run_dir: str) -> str:
+    """The run's checkpoint: ``checkpoint.safetensors``, or a format-1 ``checkpoint.npz`` if only that exists."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    legacy = os.path.join(run_dir, LEGACY_CHECKPOINT)
+    return legacy if not os.path.isfile(path) and os.path.isfile(legacy) else path
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    return os.path.isfile(checkpoint_path(run_dir))
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -185,6 +200,22 @@ def load_data(cfg: dict) -> Data:
         return Data(name, "vector", *_split(x.astype(np.float64), cfg), event_shape=(x.shape[1],))
     raise RunError(f"data: {name}: expected (N, D) floats or (N, C, H, W) / (N, H, W) integer images, "
                    f"got {x.dtype} array of shape {x.shape}")
+
+
+def load_run_data(cfg: dict) -> Data:
+    """The data of an existing run, after checking it is the data the run was trained on: the
+    file's SHA-256 (for ``.npy``/``.npz``) and the split sizes."""
+    if cfg.get("data_sha256"):
+        try:
+            digest = file_digest(cfg["data"])
+        except OSError as exc:
+            raise RunError(f"data {cfg['data']}: unreadable ({exc.strerror or exc})") from None
+        if digest != cfg["data_sha256"]:
+            raise RunError(f"data {cfg['data']}: the file changed since the run was trained (SHA-256 differs)")
+    data = load_data(cfg)
+    if [len(data.train), len(data.val), len(data.test)] != cfg["split_sizes"]:
+        raise RunError(f"data {cfg['data']}: split sizes changed since the run started")
+    return data
 
 
 def file_digest(path: str) -> str:
@@ -378,6 +409,10 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
     name = cfg["data"]
     if name not in DATASETS and name != "digits":
         cfg["data"] = name = os.path.abspath(name)
+    try:
+        sizes.check_request(cfg)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     data = load_data(cfg)
     cfg["kind"], cfg["event_shape"], cfg["n_bins"] = data.kind, list(data.event_shape), data.n_bins
     cfg["split_sizes"] = [len(data.train), len(data.val), len(data.test)]
@@ -396,41 +431,33 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
     if cfg["preprocess"] is not None and data.kind != "image":
         raise RunError("preprocess applies to image data only")
     cfg["format"], cfg["rawflow_version"] = RUN_FORMAT, __version__
+    try:
+        sizes.check_model(cfg)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     build_model(cfg)
     return cfg
 
 
-def _json_safe(obj):
-    """Non-finite floats become ``null`` (strict JSON has no NaN/Infinity)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json(path: str, obj: dict) -> None:
-    """Atomic, strict JSON write (temporary file, then rename); NaN/Inf are written as ``null``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+write_json = files.write_json  # atomic, strict JSON (NaN/Inf written as null)
 
 
 def read_config(run_dir: str) -> dict:
+    """The run's config after checking every key's presence, type and range (:mod:`.schema`)."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.isfile(path):
         raise RunError(f"{run_dir}: not a rawflow run folder (no {CONFIG})")
     try:
         with open(path) as f:
             cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: unreadable ({exc})") from exc
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not a rawflow run config")
+    try:
+        schema.check_config(cfg, path)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     return cfg
 
 
@@ -482,7 +509,7 @@ def _same_run(saved: dict, cfg: dict) -> list[str]:
 
 def load_state(path: str, cfg: dict, model: FlowModel, xp=np) -> TrainState:
     """Read a training checkpoint, check it belongs to this run and model; arrays go to ``xp``."""
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, max_bytes=sizes.checkpoint_limit())
     meta = ck["config"]
     missing = [s for s in ("params", "optimizer", "history") if s not in ck]
     if missing or not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or "rng" not in meta:
@@ -540,8 +567,8 @@ def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
     cfg = read_config(run_dir)
     xp = device_namespace(cfg["device"]) if xp is None else xp
     model = build_model(cfg)
-    path = os.path.join(run_dir, CHECKPOINT)
-    ck = load_checkpoint(path)
+    path = checkpoint_path(run_dir)
+    ck = load_checkpoint(path, max_bytes=sizes.checkpoint_limit())
     meta = ck["config"]
     if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or _same_run(meta["run"], cfg):
         raise CheckpointError(f"checkpoint {path}: does not belong to the run described by {CONFIG}")
@@ -550,7 +577,7 @@ def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
         raise CheckpointError(f"checkpoint {path}: holds no parameters")
     params = _checked(path, section, ck[section], reference_params(cfg, model, xp), xp)
     step = meta.get("best_step") if section == "best" else ck["step"]
-    return params, model, cfg, int(step if isinstance(step, int) else ck["step"])
+    return params, model, cfg, int(step if isinstance(step, int) and not isinstance(step, bool) else ck["step"])
 
 
 def _checked(path: str, name: str, t: dict, reference: dict, xp) -> dict:
@@ -614,10 +641,37 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
         out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
         out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
     else:
-        out[f"{p}gaussian_nll"] = gaussian_baseline_nll(data.train, rows)
+        value, why = gaussian_baseline(data.train, rows)
+        out[f"{p}gaussian_nll"] = value
+        if why:
+            out[f"{p}gaussian_note"] = why
         if data.name == "eight_gaussians":
             out[f"{p}true_nll"] = float(-eight_gaussians_log_prob(rows).mean())
     return out
+
+
+def gaussian_baseline(train_rows: np.ndarray, rows: np.ndarray) -> tuple[float | None, str | None]:
+    """``(held-out NLL of the full-covariance Gaussian, None)``, or ``(None, why)`` when the training
+    data's covariance is singular (constant or collinear features: no Gaussian density exists)."""
+    x = np.asarray(train_rows, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    eig = np.linalg.eigvalsh(centred.T @ centred / len(x))
+    d = x.shape[1]
+    if not eig.max() > 0 or eig.min() <= d * np.finfo(np.float64).eps * eig.max():
+        rank = int((eig > d * np.finfo(np.float64).eps * max(eig.max(), 0.0)).sum())
+        return None, (f"singular covariance (rank {rank} of {d}): the training data are constant or collinear "
+                      "along some direction, so no full-covariance Gaussian density exists")
+    return gaussian_baseline_nll(train_rows, rows), None
+
+
+def check_launch(cfg: dict, out: str, resume: bool, comm: Communicator | None) -> None:
+    """Under ``mpiexec``: every rank was started with the same run, and its batch splits evenly over
+    the ranks (:class:`RunError` on every rank otherwise). Nothing is read or written."""
+    processes = 1 if comm is None else comm.size
+    agree(comm, "run configurations", {**cfg, "resume": resume, "out": os.path.abspath(out)})
+    if cfg["batch_size"] % processes:
+        raise RunError(f"batch size {cfg['batch_size']} is not divisible by the {processes} processes: each takes an "
+                       f"equal share of every batch (use a multiple of {processes})")
 
 
 def run_training(
@@ -646,27 +700,28 @@ def run_training(
     writer = comm is None or comm.rank == 0
     quiet = quiet or not writer
     processes = 1 if comm is None else comm.size
-    agree(comm, "run configurations", {**cfg, "resume": resume, "out": os.path.abspath(out)})
-    if cfg["batch_size"] % processes:
-        raise RunError(f"batch size {cfg['batch_size']} is not divisible by the {processes} processes: each takes an "
-                       f"equal share of every batch (use a multiple of {processes})")
+    check_launch(cfg, out, resume, comm)
 
     def prepare():  # each rank reads the data (and the checkpoint) itself: a failure on one fails all
         xp = device_namespace(cfg["device"])
-        data = load_data(cfg)
-        if [len(data.train), len(data.val), len(data.test)] != cfg["split_sizes"]:
-            raise RunError(f"data {cfg['data']}: split sizes changed since the run started")
-        if cfg.get("data_sha256") and file_digest(cfg["data"]) != cfg["data_sha256"]:
-            raise RunError(f"data {cfg['data']}: the file changed since the run started (SHA-256 differs)")
+        data = load_run_data(cfg)
         model = build_model(cfg)
-        return xp, data, model, load_state(ckpt, cfg, model, xp) if resume else init_state(cfg, model, data, xp)
+        return xp, data, model, load_state(checkpoint_path(out), cfg, model, xp) if resume else init_state(cfg, model, data, xp)
 
     ckpt = os.path.join(out, CHECKPOINT)
     xp, data, model, st = together(comm, prepare, (RunError, CheckpointError))
     if writer:
         os.makedirs(out, exist_ok=True)
-    if resume and not quiet:
-        log(f"resuming {out} at step {st.step}")
+    if resume:
+        if st.step >= cfg["steps"] or st.stopped is not None:  # the same on every rank: read from the checkpoint
+            done = _finished(cfg, st, out) if writer else {}
+            if not quiet:
+                log(f"{out}: the run already finished at step {st.step} "
+                    f"({st.stopped or 'all ' + str(cfg['steps']) + ' steps'}); nothing to do "
+                    "(raise --steps to train further)")
+            return done
+        if not quiet:
+            log(f"resuming {out} at step {st.step}")
     if writer:
         write_json(os.path.join(out, CONFIG), cfg)
 
@@ -692,9 +747,14 @@ def run_training(
                 target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
                 _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm)
                 if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
-                    _evaluate(cfg, model, st, val_x, comm)
+                    try:
+                        _evaluate(cfg, model, st, val_x, comm)
+                    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                        # the last update made parameters a layer refuses (an LU factor overflowed)
+                        raise _diverged(st.step, f"the updated parameters are unusable ({exc})", ckpt) from exc
                 if writer and (st.step % every_ckpt == 0 or st.step == steps or st.stopped is not None):
                     save_state(ckpt, cfg, st)
+                    _drop_legacy_checkpoint(out)
     finally:
         if bar is not None:
             bar.close()
@@ -715,13 +775,63 @@ def run_training(
     if not writer:
         return metrics
     write_json(os.path.join(out, METRICS), metrics)
+    _plot_losses(cfg, data, out, st)
+    return metrics
+
+
+def _finished(cfg: dict, st: TrainState, out: str) -> dict:
+    """The metrics of a resumed run that has nothing left to do.
+
+    A finished run's ``metrics.json`` is returned as it is (its ``train_time_s`` is the training's,
+    not this call's); if the run stopped before writing it, it is written now.
+    """
+    path = os.path.join(out, METRICS)
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+        if isinstance(metrics, dict) and metrics.get("steps") == st.step:
+            return metrics
+    except (OSError, ValueError):
+        pass
+    return _final_metrics_only(cfg, st, out)
+
+
+def _final_metrics_only(cfg: dict, st: TrainState, out: str) -> dict:
+    data, model, xp = load_run_data(cfg), build_model(cfg), device_namespace(cfg["device"])
+    final = st.best if st.best is not None else st.params
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        held_out = held_out_metrics(cfg, model, final, data, "test", xp)
+    metrics = {"model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
+               "best_step": st.best_step if st.best is not None else st.step, "stopped": st.stopped,
+               "final_batch_loss": st.losses[-1] if st.losses else None, "best_val_nll": st.best_val, **held_out,
+               "started_at_step": st.step, "train_time_s": None, "rawflow_version": __version__}
+    write_json(os.path.join(out, METRICS), metrics)
+    _plot_losses(cfg, data, out, st)
+    return metrics
+
+
+def _plot_losses(cfg: dict, data: Data, out: str, st: TrainState) -> None:
+    """``loss.png``: nats per example for vectors, bits/dim for images (as the metrics report them)."""
     try:
         from .plots import loss_curve
-
-        loss_curve(os.path.join(out, "loss.png"), st.losses, st.val_steps, st.val_nll)
     except ImportError:
-        pass
-    return metrics
+        return
+    losses, val = np.asarray(st.losses, dtype=float), np.asarray(st.val_nll, dtype=float)
+    if data.kind == "image":
+        from ..data.images import bits_per_dim
+
+        losses = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in losses])
+        val = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in val])
+        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, ylabel="bits/dim")
+    else:
+        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val)
+
+
+def _drop_legacy_checkpoint(out: str) -> None:
+    """After the first format-2 save of a resumed format-1 run, its superseded ``checkpoint.npz`` goes."""
+    legacy = os.path.join(out, LEGACY_CHECKPOINT)
+    if os.path.isfile(legacy) and os.path.isfile(os.path.join(out, CHECKPOINT)):
+        os.unlink(legacy)
 
 
 def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str,
@@ -734,14 +844,22 @@ def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_
             batch_fn=batch_fn, comm=comm,
         )
     except TrainingDiverged as err:
-        what = "loss" if not math.isfinite(err.loss) else "gradient"
-        last = f"{ckpt}, step {_saved_step(ckpt)}" if os.path.isfile(ckpt) else "none written yet"
-        raise RunDiverged(
-            f"non-finite {what} at step {st.step + err.step} (loss {err.loss}, gradient norm {err.grad_norm}); "
-            f"training stopped and nothing was written after the last good checkpoint ({last}). "
-            "Try a smaller --lr, --clip or --scale bounded.") from err
+        if err.__cause__ is not None:
+            what = f"the updated parameters are unusable ({err.__cause__})"
+        else:
+            what = (f"non-finite {'loss' if not math.isfinite(err.loss) else 'gradient'} "
+                    f"(loss {err.loss}, gradient norm {err.grad_norm})")
+        raise _diverged(st.step + err.step, what, ckpt) from err
     st.params, st.opt_state, st.step = params, opt_state, target
     st.losses.extend(float(v) for v in losses)
+
+
+def _diverged(step: int, what: str, ckpt: str) -> RunDiverged:
+    saved = checkpoint_path(os.path.dirname(ckpt))
+    last = f"{saved}, step {_saved_step(saved)}" if os.path.isfile(saved) else "none written yet"
+    return RunDiverged(
+        f"diverged at step {step}: {what}; training stopped and nothing was written after "
+        f"the last good checkpoint ({last}). Try a smaller --lr, --clip or --scale bounded.")
 
 
 def _saved_step(path: str) -> str:

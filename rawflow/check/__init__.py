@@ -1,7 +1,8 @@
 """Verification toolkit: check any bijector against derivative oracles to round-off.
 
-* :func:`check_bijector` runs every check of DESIGN.md §3 on one layer and returns a :class:`Report`
-  (one JSON-able :class:`Record` per check; ``report.table()``, ``report.failure_report()``);
+* :func:`check_bijector` runs every check listed in ``rawflow/check/README.md`` on one layer and
+  returns a :class:`Report` (one JSON-able :class:`Record` per check; ``report.table()``,
+  ``report.failure_report()``);
 * :func:`run_suite` runs it over the built-in layers listed in :mod:`rawflow.check.registry`;
 * :func:`export_vectors` / :func:`verify_vectors` / :func:`load_case` write, check and read golden
   ``.npz`` files for other implementations;

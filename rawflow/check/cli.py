@@ -1,7 +1,7 @@
 """Command-line entry points (wired into ``rawflow check`` and ``rawflow vectors`` by :mod:`rawflow.app.cli`).
 
     rawflow check [--family F ...] [--case NAME ...] [--dtype float64 float32] [--json FILE] [--full] [--list]
-    rawflow vectors export DIR [--family F ...] [--case NAME ...] [--seed S]
+    rawflow vectors export DIR [--family F ...] [--case NAME ...] [--seed S] [--force]
     rawflow vectors verify DIR [--json FILE]
 
 Both functions take ``argv`` (without the subcommand name) and return a process exit code:
@@ -45,16 +45,23 @@ def run_check_cli(argv=None) -> int:
             print(f"rawflow check: unknown case(s) {unknown}; see --list", file=sys.stderr)
             return 2
         chosen = [c for c in chosen if c.name in args.case]
+    if args.json and not args.list:
+        _check_writable(args.json)  # before the minute of checks, not after
     if args.list:
         for c in chosen:
             print(f"{c.name:30s} {type(c.layer).__name__}  x{tuple(c.x.shape)}")
         return 0
     report = Report(meta={"dtypes": args.dtype, "seed": args.seed})
     started = time.perf_counter()
-    for c in chosen:
+    progress = sys.stderr.isatty()
+    for i, c in enumerate(chosen):
+        if progress:  # a minute of silence otherwise; only on a terminal, so logs stay clean
+            print(f"\r\033[K[{i + 1}/{len(chosen)}] {c.name}", end="", file=sys.stderr, flush=True)
         report.extend(check_bijector(c.layer, c.params, c.x, dtypes=args.dtype, seed=args.seed, name=c.name,
                                      **c.options))
     elapsed = time.perf_counter() - started
+    if progress:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     print(report.table(full=args.full))
     print()
     print(report.failure_report() if not report.passed else
@@ -62,6 +69,13 @@ def run_check_cli(argv=None) -> int:
     if args.json:
         args.json.write_text(report.to_json(indent=1) + "\n")
     return 0 if report.passed else 1
+
+
+def _check_writable(path: Path) -> None:
+    """``OSError`` naming ``path`` unless it can be written now (``rawflow`` prints it as one line, exit 2)."""
+    from .._files import check_writable
+
+    check_writable(path, "--json")
 
 
 def _parser_vectors() -> argparse.ArgumentParser:
@@ -72,6 +86,7 @@ def _parser_vectors() -> argparse.ArgumentParser:
     e.add_argument("--family", nargs="+", choices=registry.families())
     e.add_argument("--case", nargs="+", help="only these case names")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--force", action="store_true", help="replace the golden vectors already in DIR")
     v = sub.add_parser("verify", help="check rawflow against the files of a directory")
     v.add_argument("directory", type=Path)
     v.add_argument("--json", type=Path)
@@ -86,13 +101,24 @@ def run_vectors_cli(argv=None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else 2
     if args.command == "export":
-        manifest = export_vectors(args.directory, families=args.family, names=args.case, seed=args.seed)
+        try:
+            manifest = export_vectors(args.directory, families=args.family, names=args.case, seed=args.seed,
+                                      force=args.force)
+        except ValueError as exc:
+            print(f"rawflow vectors: error: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {len(manifest['files'])} file(s) and manifest.json to {args.directory}")
         return 0
     if not (args.directory / "manifest.json").exists():
         print(f"rawflow vectors: {args.directory / 'manifest.json'} not found", file=sys.stderr)
         return 2
-    report = verify_vectors(args.directory)
+    if args.json:
+        _check_writable(args.json)
+    try:
+        report = verify_vectors(args.directory)
+    except ValueError as exc:  # a manifest that is not one
+        print(f"rawflow vectors: error: {exc}", file=sys.stderr)
+        return 2
     print(report.table())
     print()
     print(report.failure_report() if not report.passed else f"all {len(report)} checks passed")

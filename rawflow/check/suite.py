@@ -1,4 +1,4 @@
-"""``check_bijector``: every check of DESIGN.md §3 on any object keeping the bijector contract.
+"""``check_bijector``: every check of rawflow/check/README.md on any object keeping the bijector contract.
 
 The checks, per direction (``forward`` at ``x``, ``inverse`` at ``z = f(x)``) unless marked *both*:
 
@@ -58,17 +58,17 @@ from .records import Record, Report, compare, verdict
 
 EPS64 = oracles.EPS64
 
-#: float64 bar of gradients vs the complex step, relative to the term size (DESIGN.md §3)
+#: float64 bar of gradients vs the complex step, relative to the term size
 RTOL_GRADIENT = 1e-13
 #: float64 bar of the log-det vs slogdet of the complex-step Jacobian, relative to max(1, |ℓ|)
 RTOL_LOGDET = 1e-13
 #: bars of the difference oracles, relative to the block's largest derivative (plus their noise)
 RTOL_FD = {"complex-step": 0.0, "richardson": 1e-10, "central": 1e-8}
-#: bar of a difference oracle used as the primary oracle (DESIGN.md §3: ≤ 1e-8 vs central differences)
+#: bar of a difference oracle used as the primary oracle (≤ 1e-8 vs central differences)
 RTOL_FD_PRIMARY = 1e-8
 #: float32 vs float64: ``C32·eps32·T`` (a handful of roundings per term, see module docstring)
 C32 = 16
-#: round trip: ulps of the conditioning-weighted size (see _Conditioning; DESIGN.md §3: 4 / 8 ulp)
+#: round trip: ulps of the conditioning-weighted size (see _Conditioning: 4 ulp in float64, 8 in float32)
 ROUNDTRIP_ULPS = {"float64": 4, "float32": 8}
 
 

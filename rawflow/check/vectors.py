@@ -17,8 +17,13 @@ as ``net/0/w``; ``<d>`` is ``forward`` or ``inverse``)::
     <d>/hvp/input, <d>/hvp/param/<p>                         H·v, H the Hessian of L over (input, params)
 
 Hessian-vector products are computed by complex step through rawflow's hand-written backward.
-Files are written with a fixed zip timestamp and loaded with ``allow_pickle=False``; a file whose
-sha256 differs from the manifest's is refused before it is parsed.
+Files are written atomically with a fixed zip timestamp and loaded with ``allow_pickle=False``; a
+file whose sha256 differs from the manifest's is refused before it is parsed.
+
+The manifest's ``params_tree`` of each case is the parameter tree's skeleton (nested objects,
+``null`` at the leaves): layers without parameters (``Squeeze``, a multi-scale model's split
+levels) have empty subtrees, which no ``param/<p>`` field can express, and a verifier needs them
+to call the layer. Manifests written before it existed are read as leaves-only trees.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import tree
+from .._files import atomic_write
 from ..bijectors.chain import Chain
 from ..bijectors.coupling import AffineTransform, Coupling
 from . import oracles, registry
@@ -141,8 +147,12 @@ def case_fields(case: registry.Case, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------------- files
 def _write_npz(path: Path, arrays: dict) -> None:
-    """An ``.npz`` with fixed timestamps, so identical arrays give identical bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    """An ``.npz`` with fixed timestamps, so identical arrays give identical bytes (written atomically)."""
+    atomic_write(path, lambda f: _npz_to(f, arrays))
+
+
+def _npz_to(f, arrays: dict) -> None:
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
@@ -168,30 +178,51 @@ def _field_kind(key: str) -> str | None:
     return None
 
 
-def export_vectors(directory, families=None, names=None, seed: int = 0) -> dict:
-    """Write ``<case>.npz`` for the registered cases (optionally only ``names``) and ``manifest.json``."""
+def _skeleton(t: dict) -> dict:
+    return {k: _skeleton(v) if isinstance(v, dict) else None for k, v in t.items()}
+
+
+def export_vectors(directory, families=None, names=None, seed: int = 0, *, force: bool = False) -> dict:
+    """Write ``<case>.npz`` for the registered cases (optionally only ``names``) and ``manifest.json``.
+
+    Raises :class:`ValueError` for a name that is not registered (or not in ``families``) and
+    :class:`FileExistsError` for a folder that is not empty, unless ``force``: then the files the
+    folder's previous manifest listed are removed (no orphans), and nothing else is touched.
+    """
     from .._version import __version__
 
     directory = Path(directory)
+    chosen = [(fam, case) for fam in families or registry.families() for case in registry.cases([fam])
+              if names is None or case.name in names]
+    if names is not None:
+        unknown = sorted(set(names) - {case.name for _, case in chosen})
+        if unknown:
+            raise ValueError(f"unknown case(s) {unknown}" + (f" in families {list(families)}" if families else "")
+                             + "; 'rawflow check --list' lists them")
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(20, "exists and is not a folder", str(directory))
+    if directory.is_dir() and any(directory.iterdir()):
+        if not force:
+            raise FileExistsError(17, "the folder is not empty; pass --force to replace the golden vectors in it",
+                                  str(directory))
+        _remove_previous(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
-    for fam in families or registry.families():
-        for case in registry.cases([fam]):
-            if names is not None and case.name not in names:
-                continue
-            fields = case_fields(case, seed)
-            path = directory / f"{case.name}.npz"
-            _write_npz(path, fields)
-            files[path.name] = {
-                "case": case.name,
-                "family": fam,
-                "sha256": _sha256(path),
-                "layer": describe(case.layer),
-                # parameter and input shapes; every other field's shape follows from them
-                "shapes": {k: list(np.shape(v)) for k, v in sorted(fields.items())
-                           if k.startswith("param/") or k in ("forward/input", "inverse/input")},
-                "fields": len(fields),
-            }
+    for fam, case in chosen:
+        fields = case_fields(case, seed)
+        path = directory / f"{case.name}.npz"
+        _write_npz(path, fields)
+        files[path.name] = {
+            "case": case.name,
+            "family": fam,
+            "sha256": _sha256(path),
+            "layer": describe(case.layer),
+            "params_tree": _skeleton(case.params),
+            # parameter and input shapes; every other field's shape follows from them
+            "shapes": {k: list(np.shape(v)) for k, v in sorted(fields.items())
+                       if k.startswith("param/") or k in ("forward/input", "inverse/input")},
+            "fields": len(fields),
+        }
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -202,14 +233,38 @@ def export_vectors(directory, families=None, names=None, seed: int = 0) -> dict:
         "tolerances": TOLERANCES,
         "files": files,
     }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    text = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write(directory / "manifest.json", lambda f: f.write(text))
     return manifest
 
 
+def _remove_previous(directory: Path) -> None:
+    """Remove the case files and the manifest of an earlier export (only files it listed)."""
+    try:
+        listed = load_manifest(directory)["files"]
+    except (OSError, ValueError):
+        return
+    for name in listed:
+        path = directory / name
+        if Path(name).name == name and name.endswith(".npz") and path.is_file():
+            path.unlink()
+    (directory / "manifest.json").unlink()
+
+
 def load_manifest(directory) -> dict:
-    manifest = json.loads((Path(directory) / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{directory}: not a {FORMAT} manifest")
+    """The manifest of a golden-vector folder; :class:`ValueError` if it is not one."""
+    path = Path(directory) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} manifest")
+    entries = manifest.get("files")
+    if not isinstance(entries, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("case"), str) and isinstance(e.get("sha256"), str)
+            for e in entries.values()):
+        raise ValueError(f"{path}: 'files' must map file names to {{case, sha256, ...}}")
     return manifest
 
 
@@ -239,6 +294,11 @@ def verify_vectors(directory, layers: dict | None = None) -> Report:
     manifest = load_manifest(directory)
     tol = manifest.get("tolerances", TOLERANCES)
     report = Report(meta={"directory": str(directory), "seed": manifest.get("seed")})
+    if not manifest["files"]:
+        report.extend([verdict(False, layer="-", direction="-", dtype="float64", step=None, check="vectors",
+                               quantity="manifest", oracle="manifest",
+                               note=f"{directory / 'manifest.json'} lists no cases: nothing was verified")])
+        return report
     for fname, entry in sorted(manifest["files"].items()):
         name = entry["case"]
         base = dict(layer=name, direction="-", dtype="float64", step=None)
@@ -256,7 +316,13 @@ def verify_vectors(directory, layers: dict | None = None) -> Report:
                                        note=str(exc), **base)])
                 continue
         report.extend([verdict(True, check="vectors", quantity="file", oracle="sha256", **base)])
-        report.extend(_verify_case(layer, arrays, tol, name))
+        try:
+            report.extend(_verify_case(layer, arrays, tol, name, entry.get("params_tree")))
+        except (KeyError, ValueError, TypeError, IndexError, FloatingPointError) as exc:
+            # A file that does not fit the layer (a field missing, a shape that does not match): this
+            # case fails with the reason, and the other cases are still verified.
+            report.extend([verdict(False, check="vectors", quantity="case", oracle="golden file",
+                                   note=f"cannot run the case on this file: {type(exc).__name__}: {exc}", **base)])
     return report
 
 
@@ -273,8 +339,15 @@ def _unflatten(arrays: dict, prefix: str) -> dict:
     return params
 
 
-def _verify_case(layer, arrays: dict, tol: dict, name: str) -> list:
-    params = _unflatten(arrays, "param/")
+def _with_skeleton(skeleton, leaves: dict) -> dict:
+    """``leaves`` (a tree of the file's ``param/`` fields) completed with ``skeleton``'s empty subtrees."""
+    if not isinstance(skeleton, dict):
+        return leaves
+    return {k: _with_skeleton(v, leaves.get(k, {})) if isinstance(v, dict) else leaves[k] for k, v in skeleton.items()}
+
+
+def _verify_case(layer, arrays: dict, tol: dict, name: str, skeleton=None) -> list:
+    params = _with_skeleton(skeleton, _unflatten(arrays, "param/"))
     expected_keys = {k for k in arrays if _field_kind(k)}
     actual = {}
     for d in ("forward", "inverse"):

@@ -7,6 +7,14 @@ import os
 import numpy as np
 
 
+def _names(names: list[str], shown: int = 5) -> str:
+    """``"arrays 'a', 'b'"`` or, for many, the first few and the count (a file may hold thousands)."""
+    if not names:
+        return "no arrays"
+    listed = ", ".join(repr(n) for n in names[:shown])
+    return f"{len(names)} arrays ({listed}, …)" if len(names) > shown else f"arrays {listed}"
+
+
 def read_array(path: str | os.PathLike, key: str | None = None, *, owner: str, key_option: str = "key=",
                error: type[Exception] = ValueError) -> np.ndarray:
     """The array in a ``.npy`` file, or the one named ``key`` (or the only one) in a ``.npz``.
@@ -27,9 +35,9 @@ def read_array(path: str | os.PathLike, key: str | None = None, *, owner: str, k
             names = loaded.files
             if key is None:
                 if len(names) != 1:
-                    raise error(f"{owner}: {path} holds arrays {names}; choose one with {key_option}")
+                    raise error(f"{owner}: {path} holds {_names(names)}; choose one with {key_option}")
                 key = names[0]
             if key not in names:
-                raise error(f"{owner}: {path} has no array {key!r} (it has {names})")
+                raise error(f"{owner}: {path} has no array {key!r} (it has {_names(names)})")
             return loaded[key]
     return loaded

@@ -168,7 +168,11 @@ def together(comm: Communicator | None, fn: Callable[[], T], errors: tuple[type[
     if len(failed) < comm.size:
         message += f" (on rank{'s' if len(failed) > 1 else ''} {', '.join(str(r) for r, _, _ in failed)} of {comm.size})"
     kind = type(failure) if failure is not None else next((e for e in errors if e.__name__ == failed[0][1]), errors[0])
-    raise kind(message) from failure
+    try:
+        shared = kind(message)
+    except TypeError:  # an exception type whose constructor takes more than a message (an OSError's path)
+        shared = errors[0](message)
+    raise shared from failure
 
 
 def _rebuild(like: dict, leaves: dict, prefix: str = "") -> dict:

@@ -20,7 +20,9 @@ torch is optional: importing this package does not import torch; the peer submod
 
 from __future__ import annotations
 
-PEERS = ("nflows", "normflows", "zuko", "freia")
+import sys
+
+from .verify_args import PEERS
 
 __all__ = ["PEERS", "run_verify_cli"]
 
@@ -31,10 +33,17 @@ def run_verify_cli(argv: list[str] | None = None) -> int:
     Prints a table per layer (max abs / rel error per quantity, pass/fail); returns 0 when every
     comparison passes, 1 on a failure, 2 when torch or the requested peers are not installed.
     """
+    from .verify_args import build_parser
+
+    try:
+        build_parser().parse_args(argv)  # --help and usage errors need no torch
+    except SystemExit as exc:
+        return 0 if exc.code in (0, None) else 2
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("rawflow verify: needs PyTorch and the peer library (pip install torch nflows normflows zuko FrEIA)")
+        print("rawflow verify: error: needs PyTorch and the peer libraries: pip install -e '.[interop]' "
+              "(see the README for the CPU build of torch)", file=sys.stderr)
         return 2
     from .compare import run_verify_cli as run
 

@@ -16,14 +16,13 @@ Exports add ``params.roundtrip``: the rawflow parameters read back from the expo
 
 Error measure (per quantity, and per parameter tensor): the normwise relative error
 ``max|a − b| / max(‖a‖∞, ‖b‖∞)`` (0 when both are exactly zero); for log-dets and log-densities
-the denominator is at least 1 (``max(1, |ld|)``, as in DESIGN.md §3): a log-det is a sum of terms
+the denominator is at least 1 (``max(1, |ld|)``, as in rawflow.check): a log-det is a sum of terms
 of both signs, and near 0 its relative error measures cancellation, not disagreement. Bars:
 ``1e-12`` for outputs, log-dets and parameter round trips, ``1e-10`` for gradients.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -35,6 +34,7 @@ import torch
 
 from .. import tree
 from ._torch import Binding, pullback, tensor, to_numpy
+from .verify_args import PEERS, build_parser  # noqa: F401  (build_parser: part of this module's CLI)
 
 VALUE_TOL = 1e-12
 GRAD_TOL = 1e-10
@@ -352,9 +352,6 @@ def worst_per_layer(results: list[CaseResult]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- CLI
-PEERS = ("nflows", "normflows", "zuko", "freia")
-
-
 def run_peer(peer: str, seed: int = 0) -> list[CaseResult]:
     """Every mapped layer of ``peer``, both builds (import and export)."""
     import importlib
@@ -363,22 +360,24 @@ def run_peer(peer: str, seed: int = 0) -> list[CaseResult]:
     return [case() for case in module.cases(seed)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rawflow verify",
-        description="Cross-check rawflow's layers against a PyTorch peer library in float64 "
-                    "(outputs, inverses, log-dets, and gradients for inputs and every mapped parameter).",
-    )
-    parser.add_argument("--peer", action="append", choices=PEERS + ("all",), required=True,
-                        help="peer library to compare with (repeatable; 'all' for every installed one)")
-    parser.add_argument("--json", metavar="FILE", help="write every compared quantity to FILE as JSON")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random layers and inputs (default 0)")
-    return parser
+def _strict(obj):
+    """Non-finite floats as strings ("nan", "inf"): strict JSON has no NaN/Infinity tokens."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else str(float(obj))
+    return obj
 
 
 def run_verify_cli(argv: list[str] | None = None) -> int:
     """``rawflow verify --peer P [--json FILE] [--seed S]``: 0 all pass, 1 a failure, 2 peer missing."""
     args = build_parser().parse_args(argv)
+    if args.json:
+        from .._files import check_writable
+
+        check_writable(args.json, "--json")  # before the comparisons, not after
     peers = []
     for p in args.peer:
         for q in (PEERS if p == "all" else (p,)):
@@ -402,8 +401,9 @@ def run_verify_cli(argv: list[str] | None = None) -> int:
             "notes": {f"{r.peer}/{r.layer}/{r.build}": list(r.notes) for r in results},
             "missing": missing,
         }
+        text = json.dumps(_strict(payload), indent=1, default=float, allow_nan=False)
         with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=1, default=float)
+            fh.write(text + "\n")
     if failed:
         return 1
     if missing and not results:

@@ -470,8 +470,7 @@ def import_permute(module: Permute, spatial: int = 0) -> Binding:
     if module.mode == "shuffle":
         perm = to_numpy(module.inv_perm).astype(np.intp)
     elif module.mode == "swap":
-        first = (c + 1) // 2
-        perm = np.concatenate([np.arange(first, c), np.arange(first)])
+        perm = _swap(c)
     else:
         raise ValueError(f"normflows Permute mode {module.mode!r} is not mapped")
     layer = Permutation(c, perm=perm, spatial=spatial)
@@ -479,8 +478,17 @@ def import_permute(module: Permute, spatial: int = 0) -> Binding:
                    notes=("data → latent applies normflows' inv_perm: rawflow perm = inv_perm",))
 
 
+def _swap(c: int) -> np.ndarray:
+    """The permutation of normflows' ``Permute(c, "swap")`` in rawflow's direction (rotation by ⌈c/2⌉)."""
+    first = (c + 1) // 2
+    return np.concatenate([np.arange(first, c), np.arange(first)])
+
+
 def export_permute(layer: Permutation, params=None):
+    """``Permute(c, "swap")`` for the rotation it computes, else ``Permute(c, "shuffle")`` with the permutation."""
     c = layer.features
+    if np.array_equal(np.asarray(layer.perm), _swap(c)):
+        return Permute(c, "swap")
     module = Permute(c, "shuffle")
     module.inv_perm.copy_(torch.as_tensor(np.asarray(layer.perm), dtype=torch.long))
     module.perm.copy_(torch.as_tensor(np.argsort(layer.perm), dtype=torch.long))
@@ -762,7 +770,7 @@ def cases(seed: int = 0) -> list:
     out += pair("actnorm", lambda g: NfActNorm((d,)).to(DTYPE), native(ActNorm(d), vec), vec)
     out += pair("permute-shuffle", lambda g: _seeded(g, lambda: Permute(c, "shuffle")), lambda r: (Permutation(c, seed=3, spatial=2), {}),
                 img, bind_fn=lambda m: bind(m, spatial=2))
-    out += pair("permute-swap", lambda g: Permute(d, "swap"), lambda r: (Permutation(d, seed=4), {}), vec)
+    out += pair("permute-swap", lambda g: Permute(d, "swap"), lambda r: (Permutation(d, perm=_swap(d)), {}), vec)
     out += pair("squeeze", lambda g: NfSqueeze(), lambda r: (Squeeze(c), {}), img, bind_fn=lambda m: bind(m, channels=c))
     # Glow block (ActNorm + LU 1×1 conv + affine coupling with ConvNet2d).
     out += pair("glow-block", lambda g: _seeded(g, lambda: GlowBlock(c, hidden, split_mode="channel")).to(DTYPE),

@@ -97,7 +97,8 @@ def train(
     call); ``progress`` shows a tqdm bar when tqdm is installed. ``loader`` continues a previous
     call's epoch (it advances in place; default: a fresh one). ``batch_fn(rows, rng)`` turns the
     selected data rows into the batch, e.g. dequantising integer images with fresh noise each
-    time (default: the rows themselves). A NaN/Inf loss or gradient stops the run with
+    time (default: the rows themselves). A NaN/Inf loss or gradient, or updated parameters that
+    a layer refuses (an LU factor that became singular or overflowed), stop the run with
     :class:`TrainingDiverged`, which holds the parameters from before the failing step.
 
     ``comm`` (a :class:`~rawflow.distributed.comm.Communicator` of ``P > 1`` ranks) trains data
@@ -127,7 +128,20 @@ def train(
         for t in range(steps):
             rows = data[xp.asarray(loader.next(rng))]
             batch = rows if batch_fn is None else batch_fn(rows, rng)
-            loss, grads = model.nll_and_grad(params, batch) if dp is None else dp.nll_and_grad(model, params, batch)
+            try:
+                loss, grads = (model.nll_and_grad(params, batch) if dp is None
+                               else dp.nll_and_grad(model, params, batch))
+            except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                # Parameters an update produced that a layer refuses (an LU factor whose exp(log|s|)
+                # overflowed or vanished, a non-finite leaf): the run diverged. The parameters the
+                # caller passed in, before any update, are the caller's problem and re-raise.
+                if int(opt_state.get("step", 0)) == 0:
+                    raise
+                raise TrainingDiverged(
+                    f"train: the parameters after update {int(opt_state['step'])} are unusable at step {t + 1} "
+                    f"({exc}); try a smaller learning rate, max_grad_norm, or a bounded scale map",
+                    t + 1, losses[:t].copy(), params, opt_state, math.nan, math.nan,
+                ) from exc
             if max_grad_norm is not None:
                 grads, norm = clip_grad_norm(grads, max_grad_norm)
             else:

@@ -53,7 +53,7 @@ def test_demo_quick_end_to_end(tmp_path):
                  "eight_gaussians/loss.png", "digits/loss.png"):
         assert_png(out / name)
     for run in ("eight_gaussians", "digits"):
-        assert {"config.json", "checkpoint.npz", "metrics.json"} <= set(os.listdir(out / run))
+        assert {"config.json", "checkpoint.safetensors", "metrics.json"} <= set(os.listdir(out / run))
     # The demo's runs are ordinary run folders.
     assert main(["sample", "--run", str(out / "digits"), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert_png(tmp_path / "s.png")
@@ -141,3 +141,43 @@ def test_out_must_be_a_folder(tmp_path, capsys):
 def test_bad_arguments_in_a_subprocess(tmp_path):
     proc = run_cli("train", "--steps", "-5", cwd=tmp_path)
     assert proc.returncode == 2 and "--steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_help_works_without_torch(tmp_path):
+    """Seen: ``rawflow verify --help`` exited 2 without torch instead of showing help."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from rawflow.app.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code, "verify", "--help"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: rawflow verify"), proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code, "verify", "--peer", "zuko"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "needs PyTorch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_shows_progress_on_a_terminal_only(tmp_path):
+    """Seen: ``rawflow check`` printed nothing for 60 s."""
+    import pty
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "rawflow", "check", "--case", "squeeze", "permutation", "--dtype", "float64"]
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=secondary, env=env, cwd=tmp_path)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0
+    os.close(primary)
+    assert b"[1/2] permutation" in seen and b"[2/2] squeeze" in seen, seen
+    piped = run_cli("check", "--case", "squeeze", "--dtype", "float64", cwd=tmp_path)
+    assert piped.returncode == 0 and "[1/1]" not in piped.stderr and b"checks passed" in out

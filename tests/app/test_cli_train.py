@@ -32,12 +32,12 @@ def test_train_2d_writes_a_run_and_every_command_uses_it(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY_2D, "--steps", "30", "--eval-every", "10", "--out", str(run)]) == 0
     assert "held-out test NLL" in capsys.readouterr().out
-    assert {"config.json", "checkpoint.npz", "metrics.json", "loss.png"} <= {p.name for p in run.iterdir()}
+    assert {"config.json", "checkpoint.safetensors", "metrics.json", "loss.png"} <= {p.name for p in run.iterdir()}
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"] == "realnvp" and cfg["arch"]["n_couplings"] == 2 and cfg["split_sizes"] == [480, 60, 60]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 30 and math.isfinite(metrics["test_nll"]) and math.isfinite(metrics["test_gaussian_nll"])
-    ck = load_checkpoint(run / "checkpoint.npz")
+    ck = load_checkpoint(run / "checkpoint.safetensors")
     assert ck["step"] == 30 and ck["history"]["loss"].shape == (30,)
     assert list(ck["history"]["val_step"]) == [10, 20, 30]
     assert_png(run / "loss.png")
@@ -72,7 +72,7 @@ def test_glow_on_user_images_reports_bits_per_dim_against_the_baseline(tmp_path,
     assert math.isfinite(metrics["test_bits_per_dim"]) and math.isfinite(metrics["test_baseline_bits_per_dim"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["kind"] == "image" and cfg["event_shape"] == [1, 4, 4] and cfg["n_bins"] == 4
-    ck = load_checkpoint(run / "checkpoint.npz")
+    ck = load_checkpoint(run / "checkpoint.safetensors")
     assert {a.dtype for p, a in _leaves(ck["params"])} == {np.dtype(np.float32)}
     assert main(["sample", "--run", str(run), "--n", "9", "--out", str(tmp_path / "g.npz")]) == 0
     with np.load(tmp_path / "g.npz", allow_pickle=False) as f:
@@ -125,7 +125,7 @@ def test_early_stopping_keeps_the_best_parameters(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 15 and metrics["best_step"] == 5
     assert "early stopping at step 15" in metrics["stopped"]
-    assert load_checkpoint(run / "checkpoint.npz")["step"] == 15
+    assert load_checkpoint(run / "checkpoint.safetensors")["step"] == 15
 
 
 def test_backend_reaches_every_coupling_and_actnorm(tmp_path):
@@ -157,7 +157,7 @@ def test_backend_reaches_every_coupling_and_actnorm(tmp_path):
         (["--model", "realnvp", "--data", "two_moons", "--patience", "3", "--val-fraction", "0"], "validation split"),
         (["--model", "realnvp", "--data", "two_moons", "--n-samples", "50"], "need at least the batch size"),
         (["--model", "realnvp", "--data", "two_moons", "--preprocess", "logit"], "image data only"),
-        (["--resume"], "no checkpoint.npz"),
+        (["--resume"], "no checkpoint in"),
     ],
 )
 def test_train_configuration_errors_exit_2(tmp_path, argv, message, capsys):

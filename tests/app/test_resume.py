@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import os
-import zipfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ NAN_RUN = [*TINY_2D, "--optimizer", "sgd", "--momentum", "0", "--lr", "1e6", "--
 
 
 def assert_same_run(a, b):
-    ca, cb = load_checkpoint(a / "checkpoint.npz"), load_checkpoint(b / "checkpoint.npz")
+    ca, cb = load_checkpoint(a / "checkpoint.safetensors"), load_checkpoint(b / "checkpoint.safetensors")
     assert ca["step"] == cb["step"]
     for section in ("params", "optimizer", "best", "history"):
         la, lb = list(tree.leaves(ca[section])), list(tree.leaves(cb[section]))
@@ -48,6 +48,29 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     assert_same_run(once, twice)
 
 
+def test_a_run_from_before_checkpoint_format_2_still_resumes_bit_for_bit(tmp_path):
+    """A run folder with a format-1 ``checkpoint.npz`` (leaves only: the prior's empty subtree is not
+    in it) samples, evaluates and resumes; its first format-2 save replaces the old file."""
+    from support.checkpoints import save_v1
+
+    data = str(images_file(tmp_path))
+    args = ["--model", "glow", "--data", data, "--K", "1", "--L", "2", "--width", "4", "--batch-size", "16",
+            "--eval-every", "3", "--quiet"]
+    once, old = tmp_path / "once", tmp_path / "old"
+    assert main(["train", *args, "--steps", "6", "--out", str(once)]) == 0
+    assert main(["train", *args, "--steps", "3", "--out", str(old)]) == 0
+    ck = load_checkpoint(old / "checkpoint.safetensors")
+    step, config = ck.pop("step"), ck.pop("config")
+    assert ck["params"]["prior"] == {}  # what format 1 could not store
+    save_v1(old / "checkpoint.npz", ck, config, step)
+    (old / "checkpoint.safetensors").unlink()
+    assert main(["sample", "--run", str(old), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["eval", "--run", str(old)]) == 0
+    assert main(["train", "--resume", "--steps", "6", "--out", str(old), "--quiet"]) == 0
+    assert sorted(p.name for p in old.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint.safetensors"]
+    assert_same_run(once, old)
+
+
 def test_resuming_after_a_crash_reproduces_the_loss_trajectory(tmp_path):
     """Images (fresh dequantisation noise per batch from the checkpointed generator), a cosine
     schedule with warm-up, Adam, and a crash between checkpoints: the run picks up at step 10 and
@@ -66,11 +89,11 @@ def test_resuming_after_a_crash_reproduces_the_loss_trajectory(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_training(make_config(options), str(crashed), quiet=True, hook=crash)
-    assert load_checkpoint(crashed / "checkpoint.npz")["step"] == 10
+    assert load_checkpoint(crashed / "checkpoint.safetensors")["step"] == 10
     assert not (crashed / "metrics.json").exists()
     assert main(["train", "--resume", "--out", str(crashed), "--quiet"]) == 0
     assert_same_run(whole, crashed)
-    history = load_checkpoint(whole / "checkpoint.npz")["history"]["loss"]
+    history = load_checkpoint(whole / "checkpoint.safetensors")["history"]["loss"]
     assert np.array_equal(history[:13], np.array(seen))  # the crashed run had followed it too
 
 
@@ -102,21 +125,21 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path, capsys):
 def test_a_nan_stops_training_and_the_last_good_checkpoint_stays_intact(tmp_path):
     proc = run_cli("train", *NAN_RUN, "--steps", "50", "--out", "r", cwd=tmp_path)
     assert proc.returncode == 1
-    assert "non-finite loss at step 2" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert "diverged at step 2: non-finite loss" in proc.stderr and "last good checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr
     run = tmp_path / "r"
-    ck = load_checkpoint(run / "checkpoint.npz")
+    ck = load_checkpoint(run / "checkpoint.safetensors")
     assert ck["step"] == 1 and all(np.isfinite(a).all() for _, a in tree.leaves(ck["params"]))
     assert not (run / "metrics.json").exists()
     # The same run stopped after step 1 by design writes the identical checkpoint.
     assert main(["train", *NAN_RUN, "--steps", "1", "--out", str(tmp_path / "one")]) == 0
-    one = load_checkpoint(tmp_path / "one" / "checkpoint.npz")
+    one = load_checkpoint(tmp_path / "one" / "checkpoint.safetensors")
     for (_, a), (_, b) in zip(tree.leaves(ck["params"]), tree.leaves(one["params"])):
         assert np.array_equal(a, b)
     # Resuming diverges again at step 2 and leaves the file byte for byte as it was.
-    before = hashlib.sha256((run / "checkpoint.npz").read_bytes()).hexdigest()
+    before = hashlib.sha256((run / "checkpoint.safetensors").read_bytes()).hexdigest()
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 1
-    assert hashlib.sha256((run / "checkpoint.npz").read_bytes()).hexdigest() == before
+    assert hashlib.sha256((run / "checkpoint.safetensors").read_bytes()).hexdigest() == before
 
 
 # ------------------------------------------------------------------------------ bad checkpoints
@@ -130,7 +153,7 @@ def good_run(tmp_path_factory):
 def copy_run(good_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("config.json", "checkpoint.npz"):
+    for name in ("config.json", "checkpoint.safetensors"):
         (run / name).write_bytes((good_run / name).read_bytes())
     return run
 
@@ -144,39 +167,46 @@ def flip_at(raw, i):
 
 
 def flip_in(member, where=0.5):
-    """Flip one byte of a member's stored bytes (``where``: fraction into them; 0 = its .npy header)."""
+    """Flip one byte of a tensor's data (``where``: fraction into it), or of the header: ``member``
+    ``"__metadata__"`` flips a byte inside the manifest, ``"header:<name>"`` inside a tensor's entry."""
     def corrupt(raw):
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            info = next(i for i in z.infolist() if i.filename.startswith(member))
-        # Local header: 30 fixed bytes, then the name and the extra field (lengths at offsets 26, 28).
-        start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") \
-            + int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
-        return flip_at(raw, start + min(int(info.compress_size * where), info.compress_size - 1))
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        if member == "__metadata__":
+            return flip_at(raw, raw.index(b"step", 8))
+        if member.startswith("header:"):
+            return flip_at(raw, raw.index(member[7:].encode(), 8) + len(member) - 5)
+        begin, end = header[member]["data_offsets"]
+        return flip_at(raw, 8 + n + begin + min(int((end - begin) * where), end - begin - 1))
     return corrupt
 
 
 def drop_member(raw):
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            if "optimizer/m" not in info.filename:
-                dst.writestr(info, src.read(info))
-    return out.getvalue()
+    """The same arrays and manifest less one tensor, with a correct digest: only the manifest check sees it."""
+    from support.checkpoints import resign
+    from rawflow.training import tensorfile
+
+    c = tensorfile.read(io.BytesIO(raw), len(raw))
+    arrays = {k: v for k, v in c.arrays.items() if k != "optimizer/m/flow/0/net/0/w"}
+    with tempfile.TemporaryDirectory() as d:
+        resign(os.path.join(d, "c"), arrays, json.loads(c.metadata["rawflow"]))
+        with open(os.path.join(d, "c"), "rb") as f:
+            return f.read()
 
 
 CORRUPTIONS = {
     "empty": (lambda raw: b"", "checkpoint"),
-    "truncated": (truncate, "truncated or corrupted"),
-    "flipped byte in the manifest": (flip_in("__meta__"), "checkpoint"),
+    "truncated": (truncate, "truncated"),
+    "flipped byte in the manifest": (flip_in("__metadata__"), "checkpoint"),
     "flipped byte in a parameter": (flip_in("params/flow/1/net/0/w", 0.7), "checkpoint"),
-    "flipped byte in a .npy header": (flip_in("params/flow/0/net/0/b", 0.0), "checkpoint"),
+    "flipped byte in a tensor's header entry": (flip_in("header:params/flow/0/net/0/b"), "checkpoint"),
     "flipped byte in the optimiser state": (flip_in("optimizer/v/flow/0/net/1/w", 0.9), "checkpoint"),
     "flipped byte in the loader order": (flip_in("loader/order", 0.5), "checkpoint"),
     "flipped byte in the loss history": (flip_in("history/loss", 0.99), "checkpoint"),
-    "flipped byte at 90% (zip directory)": (lambda raw: flip_at(raw, int(len(raw) * 0.9)), "checkpoint"),
-    "flipped CRC copy in a local header": (lambda raw: flip_at(raw, 14), "checkpoint"),
+    "flipped byte at 90%": (lambda raw: flip_at(raw, int(len(raw) * 0.9)), "checkpoint"),
+    "flipped byte in the header's length": (lambda raw: flip_at(raw, 1), "checkpoint"),
     "member removed": (drop_member, "do not match the manifest"),
-    "not a zip": (lambda raw: b"print('hello')\n" * 50, "checkpoint"),
+    "not a checkpoint": (lambda raw: b"print('hello')\n" * 50, "checkpoint"),
 }
 
 
@@ -184,7 +214,7 @@ CORRUPTIONS = {
 def test_corrupted_checkpoints_are_refused(good_run, tmp_path, capsys, name):
     corrupt, message = CORRUPTIONS[name]
     run = copy_run(good_run, tmp_path)
-    path = run / "checkpoint.npz"
+    path = run / "checkpoint.safetensors"
     path.write_bytes(corrupt(path.read_bytes()))
     for argv in (["train", "--resume", "--out", str(run), "--quiet"], ["sample", "--run", str(run)],
                  ["eval", "--run", str(run)]):
@@ -194,12 +224,12 @@ def test_corrupted_checkpoints_are_refused(good_run, tmp_path, capsys, name):
 
 
 def test_a_flip_anywhere_in_the_file_is_refused(good_run, tmp_path):
-    """Every 97th byte position, zip bookkeeping included (local-header CRC and size copies,
-    timestamps, the central directory), not only member data."""
+    """Every 97th byte position: the header's length, the header (tensor entries, the manifest,
+    the padding) and the data."""
     from rawflow.training.checkpoint import CheckpointError
 
-    raw = (good_run / "checkpoint.npz").read_bytes()
-    path = tmp_path / "checkpoint.npz"
+    raw = (good_run / "checkpoint.safetensors").read_bytes()
+    path = tmp_path / "checkpoint.safetensors"
     undetected = []
     for i in range(0, len(raw), 97):
         path.write_bytes(flip_at(raw, i))
@@ -213,7 +243,7 @@ def test_a_flip_anywhere_in_the_file_is_refused(good_run, tmp_path):
 
 def rewrite(run, edit):
     """Re-save the checkpoint (valid file, digests and all) with its trees/meta edited."""
-    path = run / "checkpoint.npz"
+    path = run / "checkpoint.safetensors"
     ck = load_checkpoint(path)
     step, meta = ck.pop("step"), ck.pop("config")
     trees, meta, step = edit(ck, meta, step)
@@ -258,7 +288,7 @@ def test_a_checkpoint_from_another_architecture_is_refused(good_run, tmp_path, c
 
 def test_a_corrupted_checkpoint_fails_in_a_subprocess_without_a_traceback(good_run, tmp_path):
     run = copy_run(good_run, tmp_path)
-    path = run / "checkpoint.npz"
+    path = run / "checkpoint.safetensors"
     path.write_bytes(truncate(path.read_bytes()))
     proc = run_cli("train", "--resume", "--out", str(run), cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -138,3 +138,74 @@ def test_an_independent_numpy_coupling_matches_the_files(name):
         want = arrays[key]
         t = tol[key.split("/")[1]]
         assert np.all(np.abs(got - want) <= t["rtol"] * np.abs(want) + t["atol_rel"] * np.abs(want).max())
+
+
+# ------------------------------------------------------------------ issue 13, item 9
+def test_the_whole_registry_exports_and_verifies(tmp_path, capsys):
+    """Seen: KeyError '0' on glow-flow and '3' on realnvp-multiscale (empty parameter subtrees were
+    never written), a traceback that aborted the whole verify."""
+    out = tmp_path / "v"
+    assert run_vectors_cli(["export", str(out)]) == 0
+    assert run_vectors_cli(["verify", str(out)]) == 0, capsys.readouterr().out[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = {c.name for c in registry.cases(None)}
+    assert {e["case"] for e in manifest["files"].values()} == names
+    assert manifest["files"]["glow-flow.npz"]["params_tree"]["0"]["0"] == {}  # a Squeeze: an empty subtree, recorded
+    report = verify_vectors(out)
+    assert {r.layer for r in report} == names and report
+
+
+def test_an_empty_manifest_fails(tmp_path, capsys):
+    """Seen: "all 0 checks passed", exit 0."""
+    export_vectors(tmp_path / "v", names=["squeeze"])
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    manifest["files"] = {}
+    (tmp_path / "v" / "manifest.json").write_text(json.dumps(manifest))
+    assert run_vectors_cli(["verify", str(tmp_path / "v")]) == 1
+    assert "lists no cases" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"format": "rawflow-golden-vectors", "files": [1]}',
+                                  '{"format": "rawflow-golden-vectors", "files": {"a.npz": {"case": 1}}}'])
+def test_a_malformed_manifest_is_one_line(tmp_path, capsys, text):
+    (tmp_path / "manifest.json").write_text(text)
+    assert run_vectors_cli(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json" in err
+
+
+def test_export_refuses_unknown_cases_and_non_empty_folders(tmp_path, capsys):
+    assert run_vectors_cli(["export", str(tmp_path / "v"), "--case", "squeeze", "no-such-case"]) == 2
+    assert "unknown case(s) ['no-such-case']" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+    assert run_vectors_cli(["export", str(tmp_path / "v"), "--family", "coupling", "--case", "squeeze"]) == 2
+    assert "in families ['coupling']" in capsys.readouterr().err
+    assert run_vectors_cli(["export", str(tmp_path / "v"), "--case", "squeeze", "actnorm"]) == 0
+    (tmp_path / "v" / "notes.txt").write_text("mine")
+    before = (tmp_path / "v" / "manifest.json").read_text()
+    from rawflow.app.cli import main
+
+    assert main(["vectors", "export", str(tmp_path / "v"), "--case", "split"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty; pass --force" in err and err.count("\n") == 1
+    assert (tmp_path / "v" / "manifest.json").read_text() == before
+    # --force replaces the earlier export's files (no orphans) and nothing else
+    assert run_vectors_cli(["export", str(tmp_path / "v"), "--case", "split", "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["manifest.json", "notes.txt", "split.npz"]
+    assert run_vectors_cli(["verify", str(tmp_path / "v")]) == 0
+
+
+def test_a_case_that_cannot_run_fails_alone(tmp_path, capsys):
+    d = tmp_path / "v"
+    export_vectors(d, names=["squeeze", "affine-exp-tanh"])
+    target = d / "affine-exp-tanh.npz"
+    with np.load(target, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "forward/cotangent"}
+    np.savez(target, **arrays)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"]["affine-exp-tanh.npz"]["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_vectors(d)
+    bad = report.failures()
+    assert bad and {r.layer for r in bad} == {"affine-exp-tanh"} and "forward/cotangent" in bad[0].note
+    assert any(r.layer == "squeeze" and r.passed for r in report)

@@ -14,6 +14,7 @@ import pytest
 
 from rawflow import tree
 from rawflow.app import cli
+from rawflow.app.runs import CHECKPOINT
 from rawflow.training.checkpoint import load_checkpoint
 
 pytest.importorskip("mpi4py")
@@ -48,7 +49,7 @@ def alone(*args):
 
 
 def params_and_losses(run):
-    ck = load_checkpoint(os.path.join(run, "checkpoint.npz"))
+    ck = load_checkpoint(os.path.join(run, CHECKPOINT))
     return ck["params"], np.asarray(ck["history"]["loss"]), ck["step"]
 
 

@@ -227,4 +227,4 @@ def test_verify_without_torch_is_a_clean_exit(monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     assert run_verify_cli(["--peer", "zuko"]) == 2
-    assert "needs PyTorch" in capsys.readouterr().out
+    assert "needs PyTorch" in capsys.readouterr().err

@@ -140,3 +140,14 @@ def test_whole_normalizing_flow_imports_as_a_reversed_chain():
         "ActNorm", "AdditiveCoupling", "Permutation", "Coupling"]
     result = compare_binding(binding, np.random.default_rng(0).normal(size=(3, 4)))
     assert result.passed, format_table([result])
+
+
+def test_every_case_is_its_own_row_in_the_report():
+    """Seen: the swap permutation's export was labelled Permute[shuffle], so two rows collapsed into
+    one (44 comparisons counted, 43 shown)."""
+    results = [case() for case in CASES if case.label.startswith("permute")]
+    keys = [(r.peer, r.layer, r.build) for r in results]
+    assert len(set(keys)) == len(keys) == 4
+    assert ("normflows", "Permute[swap]", "export") in keys
+    table = format_table(results)
+    assert table.count("normflows · Permute[") == 4

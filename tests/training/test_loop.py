@@ -196,3 +196,23 @@ def test_divergence_reports_the_loss_and_gradient_norm():
     with pytest.raises(TrainingDiverged) as info:
         train(NaNAtStep(model, 2), params, data, Adam(1e-3), 5, 32, rng)
     assert math.isnan(info.value.loss) and math.isfinite(info.value.grad_norm)
+
+
+def test_an_lu_layer_that_goes_singular_is_a_divergence_with_the_last_state():
+    """Seen: a ValueError traceback with ``--lr 1e6`` on Glow (issue 13, item 15)."""
+    from rawflow import Adam, FlowModel, StandardNormal, TrainingDiverged, glow, train
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, size=(64, 1, 4, 4))
+    model = FlowModel(glow(1, 1, 4, (1, 4, 4)), StandardNormal((16,)))
+    params = model.init(rng, x[:32])
+    with np.errstate(over="ignore"), pytest.raises(TrainingDiverged, match="LULinear: weight is singular") as info:
+        train(model, params, x, Adam(1e6), 20, 16, rng)
+    err = info.value
+    assert err.step == 2 and err.losses.shape == (1,) and int(err.opt_state["step"]) == 1
+    # parameters the caller passes in, before any update, are the caller's error and still raise as such
+    lu = next(p for p, _ in tree.leaves(params) if p.endswith("lower"))
+    bad = tree.set(params, lu.replace("lower", "log_scale"), np.full(4, 1e6))
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="singular") as info:
+        train(model, bad, x, Adam(1e-3), 2, 16, rng)
+    assert not isinstance(info.value, TrainingDiverged)
