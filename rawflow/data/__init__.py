@@ -3,7 +3,9 @@ pickle-free ``.npy`` / ``.npz`` reader (:mod:`.arrayfile`)."""
 
 from .arrayfile import read_array
 from .datasets import (
+    TRUE_LOG_PROB,
     checkerboard,
+    checkerboard_log_prob,
     circles,
     eight_gaussians,
     eight_gaussians_log_prob,
@@ -15,8 +17,10 @@ from .datasets import (
 from .images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
 
 __all__ = [
+    "TRUE_LOG_PROB",
     "bits_per_dim",
     "checkerboard",
+    "checkerboard_log_prob",
     "circles",
     "dequantize",
     "digits",
