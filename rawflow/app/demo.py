@@ -80,8 +80,9 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     # (a) 8 Gaussians ----------------------------------------------------------------------------
     cfg = make_config(_options(EIGHT_GAUSSIANS, QUICK["eight_gaussians"] if quick else None, seed))
     run_dir = os.path.join(out, "eight_gaussians")
-    say(f"[1/2] RealNVP ({cfg['arch']['n_couplings']} affine couplings, {cfg['arch']['scale']} scale, "
-        f"{'-'.join(map(str, cfg['arch']['hidden']))} ReLU MLPs) on 8 Gaussians: {cfg['steps']} steps")
+    realnvp = (f"RealNVP ({cfg['arch']['n_couplings']} affine couplings, {cfg['arch']['scale']} scale, "
+               f"{'-'.join(map(str, cfg['arch']['hidden']))} ReLU MLPs)")
+    say(f"[1/2] {realnvp} on 8 Gaussians: {cfg['steps']} steps")
     try:
         with run_lock(run_dir):
             m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="8 Gaussians")
@@ -90,7 +91,7 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
         return 1
     gap = m["test_nll"] - m["test_true_nll"]
     results["eight_gaussians"] = {**m, "nll_minus_true_nll": gap, "run": run_dir}
-    say(f"      held-out NLL {m['test_nll']:.4f} nats; true density {m['test_true_nll']:.4f} "
+    say(f"      RealNVP's held-out NLL {m['test_nll']:.4f} nats; true density {m['test_true_nll']:.4f} "
         f"(gap {gap:+.4f}, claim < {GAP_NATS}); full-covariance Gaussian {m['test_gaussian_nll']:.4f}")
     params, model, cfg, _ = load_params(run_dir)
     data = load_data(cfg)
@@ -99,13 +100,16 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
         lambda g: to_numpy(model.log_prob(params, g)), true_log_prob=eight_gaussians_log_prob,
         samples=to_numpy(model.sample(params, rng, len(data.test))),
         title=f"RealNVP on 8 Gaussians: held-out NLL {m['test_nll']:.3f} vs true {m['test_true_nll']:.3f} nats"))
+    figures = {written[-1]: f"{realnvp} on 8 Gaussians: data, learned density, true density, samples",
+               os.path.join(run_dir, "loss.png"): "RealNVP on 8 Gaussians: training curve"}
 
     # (b) digits ---------------------------------------------------------------------------------
     cfg = make_config(_options(DIGITS, QUICK["digits"] if quick else None, seed))
     run_dir = os.path.join(out, "digits")
     a = cfg["arch"]
-    say(f"[2/2] Glow (K={a['K']}, L={a['L']}, width {a['width']}, {a['coupling']} couplings, {a['permutation']} "
-        f"1×1 convs) on 8×8 digits ({cfg['n_bins']} levels, dequantised): {cfg['steps']} steps")
+    glow = f"Glow (K={a['K']}, L={a['L']}, width {a['width']}, {a['coupling']} couplings, {a['permutation']} 1×1 convs)"
+    say(f"[2/2] {glow} on 8×8 digits ({cfg['n_bins']} levels, dequantised, {cfg['preprocess']} preprocessing, "
+        f"{cfg['dtype']}): {cfg['steps']} steps")
     try:
         with run_lock(run_dir):
             m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="digits Glow")
@@ -116,7 +120,7 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     results["digits"] = {**m, "baseline_minus_bits_per_dim": margin, "run": run_dir,
                          "baseline": "independent per-pixel categorical distributions (add-one smoothing) fitted "
                                      "to the training images, exact under the same dequantisation"}
-    say(f"      held-out {m['test_bits_per_dim']:.4f} bits/dim; independent-pixel baseline "
+    say(f"      Glow's held-out {m['test_bits_per_dim']:.4f} bits/dim; independent-pixel baseline "
         f"{m['test_baseline_bits_per_dim']:.4f} (better by {margin:.4f})")
     params, model, cfg, _ = load_params(run_dir)
     data = load_data(cfg)
@@ -130,7 +134,11 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     x = eval_inputs(cfg, data, "test")
     frames = to_numpy(model.interpolate(params, x[0:12:2], x[1:12:2], 10))
     pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape) / (n_bins - 1)
-    written.append(plots.interpolation_strip(os.path.join(out, "digits_interpolation.png"), pixels))
+    written.append(plots.interpolation_strip(os.path.join(out, "digits_interpolation.png"), pixels,
+                                             title="Glow on 8×8 digits: latent interpolation (decoded)"))
+    figures.update({written[-2]: f"{glow} on digits: held-out digits, samples at T = 1.0 and 0.7",
+                    written[-1]: f"{glow} on digits: decoded latent interpolation between held-out digits",
+                    os.path.join(run_dir, "loss.png"): "Glow on digits: training curve"})
 
     # summary ------------------------------------------------------------------------------------
     claims = {
@@ -140,19 +148,25 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
             "value": margin, "threshold": 0.0, "holds": bool(margin > 0)},
     }
     summary = {"rawflow_version": __version__, "seed": seed, "quick": quick, "claims": claims, **results,
-               "wall_time_s": time.perf_counter() - start}
+               "figures": figures, "wall_time_s": time.perf_counter() - start}
     from .runs import write_json
 
     write_json(os.path.join(out, "metrics.json"), summary)
     written.append(os.path.join(out, "metrics.json"))
+    systems = {"eight_gaussians_within_0.05_nats_of_true_nll": "RealNVP, 8 Gaussians",
+               "glow_beats_independent_pixel_baseline": "Glow, digits"}
     for name, c in claims.items():
-        print(f"{'ok ' if c['holds'] else 'NOT'} {name}: {c['value']:+.4f}")
+        print(f"{'ok ' if c['holds'] else 'NOT'} {name} ({systems[name]}): {c['value']:+.4f}")
     print(f"held-out NLL (8 Gaussians): RealNVP {results['eight_gaussians']['test_nll']:.4f} nats, "
           f"true density {results['eight_gaussians']['test_true_nll']:.4f}")
     print(f"held-out bits/dim (digits): Glow {results['digits']['test_bits_per_dim']:.4f}, "
           f"independent pixels {results['digits']['test_baseline_bits_per_dim']:.4f}")
-    print(f"demo took {summary['wall_time_s']:.0f} s; wrote {', '.join(written)} and the runs "
-          f"{out}/eight_gaussians, {out}/digits")
+    print("figures (and the system each comes from):")
+    width = max(len(path) for path in figures)
+    for path, what in figures.items():
+        print(f"  {path.ljust(width)}  {what}")
+    print(f"demo took {summary['wall_time_s']:.0f} s; wrote {os.path.join(out, 'metrics.json')} and the runs "
+          f"{out}/eight_gaussians (RealNVP), {out}/digits (Glow)")
     if not quick and not all(c["holds"] for c in claims.values()):
         print("rawflow demo: a claimed result did not hold (see metrics.json)", file=sys.stderr)
         return 1

@@ -52,6 +52,16 @@ def test_demo_quick_end_to_end(tmp_path):
     for name in ("eight_gaussians_density.png", "digits_samples.png", "digits_interpolation.png",
                  "eight_gaussians/loss.png", "digits/loss.png"):
         assert_png(out / name)
+    # every figure says which system it comes from, in the output and in metrics.json
+    figures = {os.path.relpath(path, "out"): what for path, what in metrics["figures"].items()}
+    assert set(figures) == {"eight_gaussians_density.png", "digits_samples.png", "digits_interpolation.png",
+                            os.path.join("eight_gaussians", "loss.png"), os.path.join("digits", "loss.png")}
+    for name, what in figures.items():
+        system = "RealNVP" if name.startswith("eight_gaussians") else "Glow"
+        assert what.startswith(system), (name, what)
+        assert any(line.strip().startswith(os.path.join("out", name)) and system in line
+                   for line in proc.stdout.splitlines()), name
+    assert "(RealNVP, 8 Gaussians)" in proc.stdout and "(Glow, digits)" in proc.stdout
     for run in ("eight_gaussians", "digits"):
         assert {"config.json", "checkpoint.safetensors", "metrics.json"} <= set(os.listdir(out / run))
     # The demo's runs are ordinary run folders.
