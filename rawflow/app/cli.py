@@ -519,8 +519,11 @@ def run_train(args: argparse.Namespace) -> int:
             if lead and not args.quiet:
                 arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
                 ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
-                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
-                      f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
+                pre = f", {cfg['preprocess']} preprocessing" if cfg["kind"] == "image" and cfg["preprocess"] else ""
+                stop = (f", early stopping after {cfg['patience']} evaluations without improvement"
+                        if cfg["patience"] else "")
+                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}{pre}, "
+                      f"splits {cfg['split_sizes']}, {cfg['steps']} steps{stop}, {cfg['optimizer']} lr {cfg['lr']}, "
                       f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
             with _blas_threads(args.threads):
                 metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, comm=comm)
