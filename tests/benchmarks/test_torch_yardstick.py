@@ -164,3 +164,26 @@ def test_quality_suite_quick_rows_and_tables(quality_quick, capsys):
     again = md.with_name("again.md")
     assert package.main(["--render", str(js), "--markdown", str(again)]) == 0
     assert again.read_text() == text
+
+
+def test_a_failing_run_is_a_row_and_the_others_still_run(quality_quick, monkeypatch, tmp_path):
+    import json
+
+    package = quality_quick[0]
+    real = suite_quality._rawflow_run
+
+    def flaky(opts):
+        if opts["model"] == "nice":
+            raise FloatingPointError("diverged on purpose")
+        return real(opts)
+
+    monkeypatch.setattr(suite_quality, "DATASETS", ("eight_gaussians",))
+    monkeypatch.setattr(suite_quality, "SYSTEMS", ("nice", "glow"))
+    monkeypatch.setattr(suite_quality, "_rawflow_run", flaky)
+    js = tmp_path / "q.json"
+    assert package.main(["quality", "--quick", "--quiet", "--json", str(js)]) == 1  # a failure is a failure
+    rows = json.loads(js.read_text())["suites"]["quality"]["rows"]
+    bad = [r for r in rows if r["status"] == "error"]
+    assert [(r["op"], r["note"]) for r in bad] == [("nice", "FloatingPointError: diverged on purpose")]
+    assert {r["impl"].split(",")[0] for r in rows if r["op"] == "glow"} == {"rawflow", "torch yardstick",
+                                                                            "float64 trajectory"}
