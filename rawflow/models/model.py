@@ -16,6 +16,8 @@ note's generator ``G = f⁻¹``). Parameters are ``{"flow": bijector params, "pr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import tree as _tree
@@ -53,10 +55,30 @@ class FlowModel:
         return {"flow": flow, "prior": self.prior.init(rng, z)}
 
     def log_prob(self, params: dict, x: Array) -> Array:
-        """``log p(x): (N,)``."""
-        z, logdet, _ = self.bijector.forward(params["flow"], x)
-        lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
-        return lp + logdet
+        """``log p(x): (N,)``; never NaN for a finite ``x``.
+
+        Each piece stays finite wherever its exact value is a float (an exp-scale coupling takes
+        ``x_b·s`` in log space when ``s = exp(h)`` overflows; the Gaussian priors' ``Σz²/2`` is
+        rescaled before it overflows). A sample whose latent or log-det still leaves the range (far
+        from the data, where ``log p`` is typically below ``−1e308``) gets ``−inf``, never the
+        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below instead
+            z, logdet, _ = self.bijector.forward(params["flow"], x)
+            lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
+            out = lp + logdet
+        xp = namespace(out)
+        bad = ~xp.isfinite(out)
+        if bool(bad.any()):
+            warnings.warn(
+                f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
+                f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
+                "their log-density is returned as -inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            out = xp.where(bad, xp.asarray(-xp.inf, dtype=out.dtype), out)
+        return out
 
     def nll(self, params: dict, x: Array) -> float:
         """Mean negative log-likelihood over the batch (nats per sample)."""
