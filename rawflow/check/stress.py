@@ -303,17 +303,11 @@ def _mixed(case: registry.Case) -> np.ndarray:
     return x * rows
 
 
-#: registered cases with more parameters than this get the mixed-magnitude batch only (each
-#: parameter costs a complex-step column; the multi-scale RealNVP has 600)
-BATCH_OF_ONE_MAX_PARAMS = 500
-
-
 def batch_cases() -> list[StressCase]:
     cases = []
     for c in registry.cases():
         opts = {k: v for k, v in c.options.items() if k in ("dtypes",)}
-        if sum(a.size for _, a in tree.leaves(c.params)) <= BATCH_OF_ONE_MAX_PARAMS:
-            cases.append(StressCase(f"{c.name}@n1", "batch", c.layer, c.params, c.x[:1], options=opts))
+        cases.append(StressCase(f"{c.name}@n1", "batch", c.layer, c.params, c.x[:1], options=opts))
         cases.append(StressCase(f"{c.name}@mixed", "batch", c.layer, c.params, _mixed(c), options=opts))
     return cases
 
@@ -544,11 +538,12 @@ def run_stress(families: list[str] | None = None, names: list[str] | None = None
                dtypes=("float64", "float32"), dps: int = DPS, log=None) -> Report:
     """Every stress case of the chosen families (and, with ``model``, :func:`check_log_prob` on
     :func:`far_model`), as one report; ``log`` (a callable) receives one line per case."""
-    report = Report(meta={"stress": True, "dtypes": list(dtypes), "dps": dps})
+    report = Report(meta={"stress": True, "dtypes": list(dtypes), "dps": dps, "kinds": {"far-log-prob": "FlowModel"}})
     timings = {}
     for case in cases(families):
         if names and case.name not in names:
             continue
+        report.meta["kinds"][case.name] = layer_kind(case.layer)
         started = time.perf_counter()
         sub = check_case(case, dtypes=dtypes, dps=dps)
         report.extend(sub)
@@ -567,6 +562,40 @@ def run_stress(families: list[str] | None = None, names: list[str] | None = None
             log(f"{'model':8s} {'far-log-prob':32s} {timings['far-log-prob']:6.2f} s  {'ok' if sub.passed else 'FAIL'}")
     report.meta["seconds"] = timings
     return report
+
+
+def layer_kind(layer) -> str:
+    """The layer family a stress case belongs to, for the per-family table (``AffineCoupling(exp)``)."""
+    if isinstance(layer, TransformLayer) and not isinstance(layer, KernelTransformLayer):
+        layer = layer.transform
+    if isinstance(layer, ModelLayer):
+        return "FlowModel"
+    scale = getattr(getattr(layer, "transform", layer), "scale", None)
+    name = type(layer).__name__
+    return f"{name}({scale.name})" if scale is not None and hasattr(scale, "name") else name
+
+
+def layer_table(report: Report) -> str:
+    """Per layer family (``layer_kind``; a kernel variant as ``… [numba]``) and dtype: the worst
+    error in units of its conditioning bound ``eps·T``, and how many results exceed the bar."""
+    kinds = report.meta.get("kinds", {})
+    rows: dict[tuple, list] = {}
+    for r in report.records:
+        if r.check not in ("precise", "log_prob") or r.bound is None:
+            continue
+        case, _, variant = r.layer.partition("[")
+        kind = kinds.get(case, "?") + (f" [{variant.rstrip(']')}]" if variant and variant != "reference]" else "")
+        rows.setdefault((kind, r.dtype), []).append(r)
+    lines = [f"{'layer family':34s} {'float64 err/(eps·T)':>20s} {'float32 err/(eps·T)':>20s} {'failed':>6s}"]
+    for kind in sorted({k for k, _ in rows}):
+        cells, failed = [], 0
+        for dtype in ("float64", "float32"):
+            recs = rows.get((kind, dtype), [])
+            failed += sum(not r.passed for r in recs)
+            eps = float(np.finfo(dtype).eps)
+            cells.append(f"{max(r.max_rel_err for r in recs) / eps:20.3g}" if recs else f"{'-':>20s}")
+        lines.append(f"{kind:34s} {cells[0]} {cells[1]} {failed:6d}")
+    return "\n".join(lines)
 
 
 def family_table(report: Report) -> str:
@@ -619,6 +648,8 @@ def run_stress_cli(args) -> int:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     report.meta.update(wall_seconds=wall, cpu_seconds=cpu)
     print(family_table(report))
+    print()
+    print(layer_table(report))
     print()
     if report.passed:
         print(f"all {len(report)} checks passed in {wall:.1f} s ({cpu:.1f} s CPU); bar {_bar()}")

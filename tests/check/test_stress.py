@@ -196,6 +196,7 @@ def test_check_stress_command_line(capsys, tmp_path):
     assert run_check_cli(["--stress", "--family", "logit", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "worst err/(eps·T)" in text and "all " in text and "s CPU" in text
+    assert "layer family" in text and "Logit " in text
     assert '"bound"' in out.read_text()
     assert run_check_cli(["--stress", "--case", "nope"]) == 2
     assert run_check_cli(["--family", "kernels"]) == 2  # a stress family without --stress
