@@ -61,8 +61,12 @@ class FlowModel:
         ``x_b·s`` in log space when ``s = exp(h)`` overflows; the Gaussian priors' ``Σz²/2`` is
         rescaled before it overflows). A sample whose latent or log-det still leaves the range (far
         from the data, where ``log p`` is typically below ``−1e308``) gets ``−inf``, never the
-        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did.
+        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did. That report
+        follows the caller's NumPy policy for overflow, as NumPy's own overflow warnings do:
+        silent under ``np.errstate(over="ignore")`` (the training loop's, which reports a
+        non-finite loss itself), ``FloatingPointError`` under ``over="raise"``.
         """
+        policy = np.geterr()["over"]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below instead
             z, logdet, _ = self.bijector.forward(params["flow"], x)
             lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
@@ -70,13 +74,13 @@ class FlowModel:
         xp = namespace(out)
         bad = ~xp.isfinite(out)
         if bool(bad.any()):
-            warnings.warn(
-                f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
-                f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
-                "their log-density is returned as -inf",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            message = (f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
+                       f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
+                       "their log-density is returned as -inf")
+            if policy == "raise":
+                raise FloatingPointError(message)
+            if policy != "ignore":
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
             out = xp.where(bad, xp.asarray(-xp.inf, dtype=out.dtype), out)
         return out
 

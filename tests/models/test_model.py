@@ -2,6 +2,7 @@
 cached vs memory-lean chains, the lecture note's 1-D uniform example, sampling and encode/decode."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -363,6 +364,13 @@ def test_log_prob_is_never_nan_far_from_the_data_and_counts_what_overflows():
     assert np.all(np.isfinite(lp) | np.isneginf(lp))
     near = model.log_prob(params, data[:64])  # the data itself: finite, and no warning
     assert np.all(np.isfinite(near))
+    # the report follows NumPy's overflow policy, as NumPy's own overflow warnings do
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore"):
+            assert np.array_equal(model.log_prob(params, grid), lp)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="FlowModel.log_prob: "):
+        model.log_prob(params, grid)
 
 
 def test_log_prob_stays_finite_where_only_an_intermediate_scale_overflows():
