@@ -61,7 +61,8 @@ class FlowModel:
         ``x_b·s`` in log space when ``s = exp(h)`` overflows; the Gaussian priors' ``Σz²/2`` is
         rescaled before it overflows). A sample whose latent or log-det still leaves the range (far
         from the data, where ``log p`` is typically below ``−1e308``) gets ``−inf``, never the
-        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did. That report
+        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did (a prior's own
+        ``−inf`` at a finite latent, outside a uniform's support, is exact and not reported). That report
         follows the caller's NumPy policy for overflow, as NumPy's own overflow warnings do:
         silent under ``np.errstate(over="ignore")`` (the training loop's, which reports a
         non-finite loss itself), ``FloatingPointError`` under ``over="raise"``.
@@ -72,7 +73,9 @@ class FlowModel:
             lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
             out = lp + logdet
         xp = namespace(out)
-        bad = ~xp.isfinite(out)
+        # the flow left the range (latent or log-det), or inf − inf: not the prior's own −inf
+        # (zero density outside a uniform's support is exact and passes unreported)
+        bad = ~(xp.isfinite(logdet) & xp.isfinite(z.reshape(z.shape[0], -1)).all(axis=1)) | xp.isnan(out)
         if bool(bad.any()):
             message = (f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
                        f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
