@@ -16,6 +16,7 @@ note's generator ``G = f⁻¹``). Parameters are ``{"flow": bijector params, "pr
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -75,7 +76,8 @@ class FlowModel:
         xp = namespace(out)
         # the flow left the range (latent or log-det), or inf − inf: not the prior's own −inf
         # (zero density outside a uniform's support is exact and passes unreported)
-        bad = ~(xp.isfinite(logdet) & xp.isfinite(z.reshape(z.shape[0], -1)).all(axis=1)) | xp.isnan(out)
+        flat = z.reshape(z.shape[0], math.prod(z.shape[1:]))  # no -1: a batch may be empty
+        bad = ~(xp.isfinite(logdet) & xp.isfinite(flat).all(axis=1)) | xp.isnan(out)
         if bool(bad.any()):
             message = (f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
                        f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
