@@ -38,8 +38,8 @@ evaluation is good to ``~1e-60·cond``.
 first-order change of ``f_m`` when every input, parameter and cotangent moves by its own relative
 rounding: Skeel's componentwise condition number times ``|f_m|``, ``Σ|terms|`` for a sum of
 products, ``≈ cond(W)·|x|`` for a solve), from complex-step columns of the float64 reference.
-``eps·T`` is the error any backward-stable implementation may make at that point; every record
-carries it (``bound``, at the worst element) beside the error, so a defect (error ≫ bound) is told
+A backward-stable evaluation errs by a few ``eps·T`` at that point (rounding the inputs alone
+moves ``f_m`` that far); every record carries ``eps·T`` (``bound``, at the worst element) beside the error, so a defect (error ≫ bound) is told
 apart from an ill-posed point (bound large). ``C`` is :data:`C_PRECISE`. A reconstructing chain
 evaluates its VJPs at rebuilt points and adds ``|H|·δ`` (:class:`~rawflow.check.conditioning.Rebuild`).
 
@@ -251,16 +251,17 @@ def check_precise(
 ) -> Report:
     """Check ``layer`` (and optional ``variants`` of it) against its own code at ``dps`` digits.
 
-    ``x`` is the forward point; the inverse runs at ``z`` if given, else at ``f(x)``. ``variants``
-    maps a label to another implementation of the same function (``AffineCoupling(...,
-    backend="numba")``): each is evaluated in every dtype and judged against the reference's
-    oracle and bounds (default: ``{"reference": layer}``). Points, parameters and cotangents are
-    first rounded to the lowest dtype checked, so every precision is judged at the same point.
-    ``structure`` adds the round trips (unless ``roundtrip=False``) and the exact log-det
-    cancellation at the point (``kappa``
-    replaces the round trips' componentwise bound by ``κ·max(|x|∞, |z|∞)``, as in
-    :func:`~rawflow.check.check_bijector`); ``verify_oracle`` the oracle's precision and maths
-    records (see the module docstring).
+    ``x`` is the forward point; the inverse runs at ``z`` if given, else at ``f(x)``. The condition
+    estimate ``κ`` and a reconstructing chain's rebuild bounds are taken at ``x`` (at ``f⁻¹(z)``
+    without one). ``variants`` maps a label to another implementation of the same function
+    (``AffineCoupling(..., backend="numba")``, :class:`~rawflow.check.stress.KernelTransformLayer`):
+    each is evaluated in every dtype and judged against the reference's oracle and bounds
+    (default: ``{"reference": layer}``). Points, parameters and cotangents are first rounded to
+    the lowest dtype checked, so every precision is judged at the same point; the reference runs
+    on NumPy arrays. ``structure`` adds the round trips (unless ``roundtrip=False``) and the exact
+    log-det cancellation at ``x``; ``kappa`` replaces the round trips' componentwise bound by
+    ``κ·max(|x|∞, |z|∞)``, as in :func:`~rawflow.check.check_bijector`. ``verify_oracle`` adds
+    the oracle's precision and maths records (module docstring).
     """
     name = name or getattr(layer, "name", type(layer).__name__)
     dtypes = tuple(np.dtype(d).name for d in dtypes)

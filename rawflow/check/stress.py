@@ -622,7 +622,7 @@ def run_stress_cli(args) -> int:
     import sys
 
     try:
-        import mpmath  # noqa: F401
+        import mpmath  # noqa: F401  (only whether it is installed)
     except ImportError:
         print("rawflow check --stress needs mpmath: pip install 'rawflow[precise]'", file=sys.stderr)
         return 2

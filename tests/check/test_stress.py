@@ -10,17 +10,14 @@ precision, and ``log_prob`` returning NaN.
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
 pytest.importorskip("mpmath")
 
-from rawflow import testing, tree  # noqa: E402
-from rawflow.bijectors.coupling import AffineCoupling, AffineTransform  # noqa: E402
+from rawflow import testing  # noqa: E402
+from rawflow.bijectors.coupling import AffineTransform  # noqa: E402
 from rawflow.bijectors.linear import LULinear  # noqa: E402
 from rawflow.bijectors.logit import Logit  # noqa: E402
 from rawflow.check import check_precise, run_check_cli, stress  # noqa: E402
