@@ -197,3 +197,17 @@ def test_check_stress_command_line(capsys, tmp_path):
     assert '"bound"' in out.read_text()
     assert run_check_cli(["--stress", "--case", "nope"]) == 2
     assert run_check_cli(["--family", "kernels"]) == 2  # a stress family without --stress
+
+
+def test_check_bijector_adds_the_precise_records_where_the_complex_step_is_limited():
+    """From κ = 1e8 on (and with mpmath), check_bijector's report includes the 60-digit records;
+    its inverse runs at f(x), not at a generic z, so the recomputed V of item 1 shows there only
+    through an oracle cross-check: the stress points' generic z is what exposes it."""
+    from rawflow.check import check_bijector
+
+    case = _case("lu-log-scale-18")  # κ ≈ 1.6e8
+    report = check_bijector(case.layer, case.params, case.x, second_order=False)
+    assert report.meta["kappa_max"] >= 1e8 and report.select(check="precise")
+    assert report, report.failure_report()
+    easy = _case("lu-cond1e+06")
+    assert not check_bijector(easy.layer, easy.params, easy.x, second_order=False).select(check="precise")
