@@ -98,6 +98,11 @@ class Flatten(Bijector):
     def out_event_shape(self) -> tuple:
         return (self.size,)
 
+    def output_shape(self, shape: tuple) -> tuple:
+        if tuple(int(d) for d in shape) != self.event_shape:
+            raise self._error(f"built for events of shape {self.event_shape}, got {tuple(shape)}")
+        return (self.size,)
+
     def _forward(self, params, x):
         return x.reshape(x.shape[0], self.size), namespace(x).zeros(x.shape[0], dtype=x.dtype), None
 

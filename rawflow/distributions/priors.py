@@ -186,13 +186,33 @@ def _per_row(g: Array, like: Array) -> Array:
     return g.reshape((g.shape[0],) + (1,) * (like.ndim - 1))
 
 
+def _half_sum_squares(u: Array) -> Array:
+    """``Σ u²/2`` per sample, overflowing only where the sum itself does.
+
+    The plain ``0.5·Σ u·u`` (used whenever it is finite, so results are unchanged) overflows once
+    ``|u| > 1.3e154`` although ``u²/2`` is a float up to ``|u| = 1.9e154``; those samples are
+    redone as ``(m·(Σ(u/m)²/2))·m`` with ``m = max|u|``, which overflows only past the range.
+    """
+    xp = namespace(u)
+    out = 0.5 * _row_sum(u * u)
+    fix = ~xp.isfinite(out)
+    if not bool(fix.any()):
+        return out
+    m = xp.abs(u).reshape(u.shape[0], -1).max(axis=1)
+    fix = fix & xp.isfinite(m)
+    m = xp.where(fix, m, 1)
+    v = u / _per_row(m, u)
+    scaled = (m * (0.5 * _row_sum(v * v))) * m
+    return xp.where(fix, scaled, out)
+
+
 class StandardNormal(Prior):
     """``z ~ N(0, I)``: ``log π(z) = Σ(−z²/2) − D·log(2π)/2``; temperature ``T`` draws ``N(0, T²I)``."""
 
     def _log_prob(self, params, z):
         # Σ(z²)/2 + D·c, not Σ(z²/2 + c): one rounding of the constant per sample.
         d = math.prod(z.shape[1:])
-        return -0.5 * _row_sum(z * z) - d * _HALF_LOG_2PI, (z,)
+        return -_half_sum_squares(z) - d * _HALF_LOG_2PI, (z,)
 
     def _backward(self, params, cache, glp):
         (z,) = cache
@@ -251,7 +271,7 @@ class DiagonalGaussian(Prior):
         u = (z - params["mean"]) * inv_std
         # Σℓ counted once per broadcast copy: ℓ broadcast to z's event shape before the sum.
         copies = math.prod(z.shape[1:]) // math.prod(self.param_shape)
-        lp = -0.5 * _row_sum(u * u) - copies * params["log_std"].sum() - math.prod(z.shape[1:]) * _HALF_LOG_2PI
+        lp = -_half_sum_squares(u) - copies * params["log_std"].sum() - math.prod(z.shape[1:]) * _HALF_LOG_2PI
         return lp, (z, u, inv_std)
 
     def _backward(self, params, cache, glp):

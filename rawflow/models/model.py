@@ -16,6 +16,9 @@ note's generator ``G = f⁻¹``). Parameters are ``{"flow": bijector params, "pr
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 
 from .. import tree as _tree
@@ -53,10 +56,38 @@ class FlowModel:
         return {"flow": flow, "prior": self.prior.init(rng, z)}
 
     def log_prob(self, params: dict, x: Array) -> Array:
-        """``log p(x): (N,)``."""
-        z, logdet, _ = self.bijector.forward(params["flow"], x)
-        lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
-        return lp + logdet
+        """``log p(x): (N,)``; never NaN for a finite ``x``.
+
+        Each piece stays finite wherever its exact value is a float (an exp-scale coupling takes
+        ``x_b·s`` in log space when ``s = exp(h)`` overflows; the Gaussian priors' ``Σz²/2`` is
+        rescaled before it overflows). A sample whose latent or log-det still leaves the range (far
+        from the data, where ``log p`` is typically below ``−1e308``) gets ``−inf``, never the
+        ``NaN`` of ``inf − inf``, and a ``RuntimeWarning`` says how many samples did (a prior's own
+        ``−inf`` at a finite latent, outside a uniform's support, is exact and not reported). That report
+        follows the caller's NumPy policy for overflow, as NumPy's own overflow warnings do:
+        silent under ``np.errstate(over="ignore")`` (the training loop's, which reports a
+        non-finite loss itself), ``FloatingPointError`` under ``over="raise"``.
+        """
+        policy = np.geterr()["over"]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below instead
+            z, logdet, _ = self.bijector.forward(params["flow"], x)
+            lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
+            out = lp + logdet
+        xp = namespace(out)
+        # the flow left the range (latent or log-det), or inf − inf: not the prior's own −inf
+        # (zero density outside a uniform's support is exact and passes unreported)
+        flat = z.reshape(z.shape[0], math.prod(z.shape[1:]))  # no -1: a batch may be empty
+        bad = ~(xp.isfinite(logdet) & xp.isfinite(flat).all(axis=1)) | xp.isnan(out)
+        if bool(bad.any()):
+            message = (f"FlowModel.log_prob: {int(bad.sum())} of {out.shape[0]} sample(s) leave the float range "
+                       f"of {out.dtype} inside the flow (a latent or log-det overflows: far from the data); "
+                       "their log-density is returned as -inf")
+            if policy == "raise":
+                raise FloatingPointError(message)
+            if policy != "ignore":
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            out = xp.where(bad, xp.asarray(-xp.inf, dtype=out.dtype), out)
+        return out
 
     def nll(self, params: dict, x: Array) -> float:
         """Mean negative log-likelihood over the batch (nats per sample)."""
