@@ -62,6 +62,13 @@ class MultiScale(Bijector):
     def out_event_shape(self) -> tuple:
         return (self.size,)
 
+    def param_spec(self) -> dict:
+        return {str(i): level.param_spec() for i, level in enumerate(self.levels)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(level.data_dependent for level in self.levels)
+
     def output_shape(self, shape: tuple) -> tuple:
         if tuple(shape) != self.event_shape:
             raise self._error(f"built for images of shape {self.event_shape}, got {tuple(shape)}")

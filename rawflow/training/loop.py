@@ -20,6 +20,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .._array import Array, namespace, to_numpy
+from .._checks import array_problem, check_count, check_rng
 from ..models.model import FlowModel
 from .optim import Optimizer, clip_grad_norm, global_norm
 
@@ -92,6 +93,8 @@ def train(
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
+    _check_data("train", data)
+    check_rng("train", rng)
     n = data.shape[0]
     if loader is None:
         loader = EpochLoader(n, batch_size)
@@ -143,12 +146,27 @@ def _progress(total: int):
 
 
 def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 4096) -> float:
-    """Mean NLL (nats per sample) over ``data``, in batches."""
+    """Mean NLL (nats per sample) over ``data``, in batches; an empty ``data`` raises ``ValueError``."""
+    _check_data("evaluate_nll", data)
+    check_count("evaluate_nll", batch_size, "batch_size")
+    if batch_size == 0:
+        raise ValueError("evaluate_nll: batch_size must be positive, got 0")
     n = data.shape[0]
     total = 0.0
     for start in range(0, n, batch_size):
         total += float(model.log_prob(params, data[start:start + batch_size]).sum())
     return -total / n
+
+
+def _check_data(name: str, data) -> None:
+    """``data`` is an array with at least one row (the mean NLL of no samples is undefined).
+
+    Its dtype is left to the model (``train``'s ``batch_fn`` may turn integer images into floats)."""
+    problem = array_problem(data)
+    if problem:
+        raise ValueError(f"{name}: data {problem}")
+    if data.ndim < 1 or data.shape[0] == 0:
+        raise ValueError(f"{name}: data is empty (shape {tuple(data.shape)}): the mean NLL of no samples is undefined")
 
 
 def gaussian_baseline_nll(train_data, test_data) -> float:
