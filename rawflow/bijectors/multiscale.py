@@ -84,7 +84,8 @@ class MultiScale(Bijector):
 
     def _join(self, pieces):
         n = pieces[0].shape[0]
-        return namespace(pieces[0]).concatenate([p.reshape(n, -1) for p in pieces], axis=1)
+        # explicit sizes: a -1 cannot be inferred from an empty batch (N = 0)
+        return namespace(pieces[0]).concatenate([p.reshape(n, math.prod(p.shape[1:])) for p in pieces], axis=1)
 
     def _merge(self, kept, factored):
         return namespace(kept).concatenate([kept, factored], axis=1)

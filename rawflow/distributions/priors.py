@@ -305,7 +305,7 @@ class Uniform(Prior):
 
     def _log_prob(self, params, z):
         xp = namespace(z)
-        inside = ((z.real >= self.low) & (z.real <= self.high)).reshape(z.shape[0], -1).all(axis=1)
+        inside = ((z.real >= self.low) & (z.real <= self.high)).all(axis=tuple(range(1, z.ndim)))
         d = math.prod(z.shape[1:])
         log_density = xp.asarray(-d * math.log(self.high - self.low), dtype=z.dtype)
         lp = xp.where(inside, log_density, xp.asarray(-xp.inf, dtype=z.dtype))

@@ -273,6 +273,9 @@ class _Network(_Sequential):
             raise ValueError(
                 f"{type(self).__name__}: input must be (N, {self.in_features}, H, W), got {tuple(x.shape)}"
             )
+        if self.data_dependent and x.size == 0:
+            raise ValueError(f"{type(self).__name__}: data-dependent init (its ChannelNorm layers) needs a "
+                             f"non-empty example batch, got shape {tuple(x.shape)}")
         return super().init(rng, x)
 
 
