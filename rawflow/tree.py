@@ -3,11 +3,16 @@
 Every parameter set in rawflow (a layer's, a chain's, a model's, an optimiser's state) is such a
 tree, and every gradient has exactly the structure of its parameters, so optimisers, checkers and
 checkpoint writers walk both the same way. Leaf paths are ``/``-joined keys, e.g. ``"flow/3/net/1/w"``.
+
+A *spec* is the same nesting with shape tuples at the leaves (:func:`shapes`; a layer's
+``param_spec()``); :func:`check` holds a tree against one and names the first bad path.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from ._array import Array, namespace
 from ._checks import array_problem, dtype_problem
@@ -122,18 +127,22 @@ def _join(path: str, key) -> str:
 
 
 def _check_node(owner, node, spec, dtype, path, what, finite) -> None:
-    for key in node:
-        if not isinstance(key, str):
-            raise ValueError(f"{owner}: {what} keys must be strings, got {key!r} under '{path or '/'}'")
+    # Paths are joined only for children that are dicts or that fail: most leaves pass.
     if spec is ANY:
+        for key in node:
+            if not isinstance(key, str):
+                raise ValueError(f"{owner}: {what} keys must be strings, got {key!r} under '{path or '/'}'")
         for key in sorted(node):
             value = node[key]
             if isinstance(value, dict):
                 _check_node(owner, value, ANY, dtype, _join(path, key), what, finite)
             else:
-                _check_leaf(owner, value, None, dtype, _join(path, key), what, finite)
+                _check_leaf(owner, value, None, dtype, path, key, what, finite)
         return
     if node.keys() != spec.keys():
+        for key in node:
+            if not isinstance(key, str):
+                raise ValueError(f"{owner}: {what} keys must be strings, got {key!r} under '{path or '/'}'")
         missing = sorted(spec.keys() - node.keys())
         if missing:
             names = ", ".join(f"'{_join(path, k)}'" for k in missing)
@@ -144,32 +153,34 @@ def _check_node(owner, node, spec, dtype, path, what, finite) -> None:
         raise ValueError(f"{owner}: unexpected {what}{'s' if len(extra) > 1 else ''} {names} "
                          "(not in this object's parameters: params of another layer or model?)")
     for key in sorted(spec):
-        sub, value, here = spec[key], node[key], _join(path, key)
+        sub, value = spec[key], node[key]
         if isinstance(sub, dict) or sub is ANY:
             if not isinstance(value, dict):
-                raise ValueError(f"{owner}: {what} '{here}' must be a dict (a subtree), got {type(value).__name__}")
-            _check_node(owner, value, sub, dtype, here, what, finite)
+                raise ValueError(f"{owner}: {what} '{_join(path, key)}' must be a dict (a subtree), "
+                                 f"got {type(value).__name__}")
+            _check_node(owner, value, sub, dtype, _join(path, key), what, finite)
         else:
-            _check_leaf(owner, value, sub, dtype, here, what, finite)
+            _check_leaf(owner, value, sub, dtype, path, key, what, finite)
 
 
-def _check_leaf(owner, leaf, shape, dtype, path, what, finite) -> None:
-    problem = array_problem(leaf)
-    if problem:
-        raise ValueError(f"{owner}: {what} '{path}' {problem}")
-    if shape is not None and tuple(leaf.shape) != shape:
-        raise ValueError(f"{owner}: {what} '{path}' has shape {tuple(leaf.shape)}, expected {shape}")
+def _check_leaf(owner, leaf, shape, dtype, parent, key, what, finite) -> None:
+    plain = type(leaf) is np.ndarray  # the common case, without the subclass tests
+    if not plain:
+        problem = array_problem(leaf)
+        if problem:
+            raise ValueError(f"{owner}: {what} '{_join(parent, key)}' {problem}")
+    if shape is not None and leaf.shape != shape:
+        raise ValueError(f"{owner}: {what} '{_join(parent, key)}' has shape {tuple(leaf.shape)}, expected {shape}")
     if dtype[0] is None:
         problem = dtype_problem(leaf.dtype)
         if problem:
-            raise ValueError(f"{owner}: {what} '{path}' {problem}")
-        dtype[:] = [leaf.dtype, f"{what} '{path}'"]
+            raise ValueError(f"{owner}: {what} '{_join(parent, key)}' {problem}")
+        dtype[:] = [leaf.dtype, f"{what} '{_join(parent, key)}'"]
     elif leaf.dtype != dtype[0]:
-        raise ValueError(f"{owner}: {what} '{path}' has dtype {leaf.dtype} but {dtype[1]} has dtype "
+        raise ValueError(f"{owner}: {what} '{_join(parent, key)}' has dtype {leaf.dtype} but {dtype[1]} has dtype "
                          f"{dtype[0]}; cast one to match")
-    if finite:
+    if finite and not (np.isfinite(leaf).all() if plain else bool(namespace(leaf).isfinite(leaf).all())):
         xp = namespace(leaf)
-        ok = xp.isfinite(leaf)
-        if not bool(ok.all()):
-            where = tuple(int(i) for i in xp.unravel_index(int(xp.argmin(ok.reshape(-1))), leaf.shape))
-            raise ValueError(f"{owner}: {what} '{path}' contains NaN or Inf (first at index {where})")
+        first = int(xp.argmin(xp.isfinite(leaf).reshape(-1)))
+        where = tuple(int(i) for i in xp.unravel_index(first, leaf.shape))
+        raise ValueError(f"{owner}: {what} '{_join(parent, key)}' contains NaN or Inf (first at index {where})")

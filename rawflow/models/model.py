@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import tree as _tree
 from .._array import Array, namespace
-from .._checks import check_array, check_count, check_rng
+from .._checks import check_array, check_count, check_positive_finite, check_rng
 from ..bijectors.bijector import Bijector
 from ..bijectors.chain import _shapes_compatible
 from ..distributions.priors import Prior
@@ -68,6 +68,12 @@ class FlowModel:
 
     def init(self, rng: np.random.Generator, x: Array) -> dict:
         """Parameters from an example batch (data-dependent layers initialise from it)."""
+        if rng is not None:
+            check_rng("FlowModel.init", rng)
+        check_array("FlowModel.init", x, "input", self.event_shape)
+        if x.shape[0] == 0 and self.bijector.data_dependent:
+            raise ValueError(f"FlowModel.init: the flow's data-dependent init needs a non-empty example batch, "
+                             f"got shape {tuple(x.shape)}")
         flow = self.bijector.init(rng, x)
         z = self.bijector._forward(flow, x)[0]
         return {"flow": flow, "prior": self.prior.init(rng, z)}
@@ -133,6 +139,7 @@ class FlowModel:
         """
         check_rng("FlowModel.sample", rng)
         check_count("FlowModel.sample", n, "number of samples")
+        check_positive_finite("FlowModel.sample", temperature, "temperature")
         if like is not None:
             check_array("FlowModel.sample", like, "like", None, finite=False)
         _tree.check("FlowModel.sample", params, self.param_spec(), None if like is None else like.dtype)

@@ -123,7 +123,10 @@ def train(
                     "max_grad_norm, or a bounded scale map",
                     t + 1, losses[:t].copy(), params, opt_state, loss, norm,
                 )
-            params, opt_state = optimizer.update(params, grads, opt_state)
+            # The first update checks params, grads and opt_state; later ones get only trees that
+            # the model and the optimiser made from them (finiteness checked just above).
+            step_fn = optimizer.update if t == 0 else optimizer._step
+            params, opt_state = step_fn(params, grads, opt_state)
             losses[t] = loss
             if callback is not None:
                 callback(t + 1, loss)

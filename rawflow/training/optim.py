@@ -86,8 +86,8 @@ class Optimizer(ABC):
 
     def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
         """One step: new ``(params, state)``. ``params`` must be a tree of finite arrays of one
-        dtype; ``grads`` and every state slot must have its structure (keys, shapes, dtype), and
-        the gradients must be finite (a NaN step would silently poison every parameter)."""
+        dtype; ``grads`` and every state slot must have its structure (keys, shapes, dtype) and be
+        finite (one NaN would silently poison every parameter it reaches)."""
         _tree.check(self.name, params, _tree.ANY)
         dtype = next((a.dtype for _, a in _tree.leaves(params)), None)
         spec = _tree.shapes(params)
@@ -100,13 +100,18 @@ class Optimizer(ABC):
         for key in self._slots():
             try:
                 _tree.check(self.name, state.get(key), spec, dtype, what=f"state '{key}' entry",
-                            root=f"state slot '{key}'", finite=False)
+                            root=f"state slot '{key}'")
             except ValueError as e:
                 raise self._error(f"state slot '{key}' does not match params (state from another model?): "
                                   f"{_detail(e)}") from None
         step = state.get("step")
         if not (isinstance(step, np.ndarray) and step.shape == () and step.dtype.kind in "iu" and int(step) >= 0):
             raise self._error(f"state has no valid 'step' counter (a non-negative 0-d integer array), got {step!r}")
+        return self._step(params, grads, state)
+
+    def _step(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        """:meth:`update` without its checks, for a caller that made them (``train`` checks its
+        first step; later steps only see trees that step produced)."""
         t = int(state["step"]) + 1
         new_params, new_state = self._update(params, grads, state, t)
         new_state["step"] = np.asarray(t, dtype=np.int64)
