@@ -41,7 +41,7 @@ import numpy as np
 
 from .._array import Array, namespace
 from .bijector import Bijector
-from ..nets.mlp import MLP
+from ..nets.mlp import MLP, conditioner_spec
 from .partition import Partition
 from .scales import ScaleMap, scale_map
 
@@ -212,6 +212,13 @@ class Coupling(Bijector):
                 f"{conditioner.out_features} features, the partition needs {partition.size_a} → {out}"
             )
         self.net = conditioner
+
+    def param_spec(self) -> dict:
+        return {"net": conditioner_spec(self.net)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return bool(getattr(self.net, "data_dependent", False))
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         xa, _ = self.partition.split(x)

@@ -26,10 +26,13 @@ Both start from the same random orthogonal matrix for the same ``seed`` (Glow's 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 
 from .._array import Array, logabsdet, namespace, solve_triangular
+from .._checks import check_array
 from ._channel import ChannelBijector, _readonly, constant_logdet, positions
 
 
@@ -47,13 +50,14 @@ def random_orthogonal(features: int, seed) -> np.ndarray:
 def to_columns(x: Array) -> Array:
     """``(N, C, *spatial) → (C, N·P)``: column ``n·P + p`` is position ``p`` of sample ``n``."""
     n, c = x.shape[:2]
-    return namespace(x).moveaxis(x.reshape(n, c, -1), 1, 0).reshape(c, -1)
+    p = positions(x)  # explicit sizes: a -1 cannot be inferred from an empty batch (N = 0)
+    return namespace(x).moveaxis(x.reshape(n, c, p), 1, 0).reshape(c, n * p)
 
 
 def from_columns(m: Array, shape: tuple) -> Array:
     """Inverse of :func:`to_columns` for an array of ``shape``."""
     n, c = shape[:2]
-    return namespace(m).moveaxis(m.reshape(c, n, -1), 0, 1).reshape(shape)
+    return namespace(m).moveaxis(m.reshape(c, n, math.prod(shape[2:])), 0, 1).reshape(shape)
 
 
 class DenseLinear(ChannelBijector):
@@ -69,6 +73,9 @@ class DenseLinear(ChannelBijector):
     def __init__(self, features: int, spatial: int = 0, seed: int = 0):
         super().__init__(features, spatial)
         self.seed = seed
+
+    def param_spec(self) -> dict:
+        return {"weight": (self.features, self.features)}
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         w = random_orthogonal(self.features, self.seed)
@@ -166,6 +173,10 @@ class LULinear(ChannelBijector):
         self.sign = _readonly(np.sign(d))
         self._start = (np.tril(lower, -1), np.triu(upper, 1), np.log(np.abs(d)))
 
+    def param_spec(self) -> dict:
+        c = self.features
+        return {"lower": (c, c), "upper": (c, c), "log_scale": (c,)}
+
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         xp = namespace(x)
         lower, upper, log_s = (xp.asarray(a, dtype=x.dtype) for a in self._start)
@@ -195,11 +206,18 @@ class LULinear(ChannelBijector):
 
     def weight(self, params: dict) -> Array:
         """The assembled ``W = P·L·Ũ: (C, C)``."""
+        self._check_params(params, None)
         lower, upper, _ = self._factors(params)
         return self._assemble(lower, upper)
 
     def weight_backward(self, params: dict, gweight: Array) -> dict:
         """VJP of :meth:`weight`: ``gparams`` (structure of ``params``) from ``gW = ∂L/∂W``."""
+        self._check_params(params, None)
+        c, dtype = self.features, params["lower"].dtype
+        check_array(self.name, gweight, "weight cotangent", (c,))
+        if gweight.shape[0] != c or gweight.dtype != dtype:
+            raise self._error(f"weight cotangent must be a ({c}, {c}) array of dtype {dtype}, "
+                              f"got {tuple(gweight.shape)} {gweight.dtype}")
         return self._weight_grads(self._factors(params), gweight, 0)
 
     def _weight_grads(self, factors, gw, gamma):

@@ -60,6 +60,9 @@ class Logit(Bijector):
         self.alpha = float(alpha)
         self._log_range = math.log1p(-2 * self.alpha)
 
+    def param_spec(self) -> dict:
+        return {}
+
     def _logdet(self, z):
         # −log p − log(1 − p) = softplus(z) + softplus(−z): written in the latent z, which forward
         # returns and inverse receives bit for bit, so the two log-dets cancel exactly.

@@ -167,8 +167,30 @@ def run_validation() -> None:
         FAILURES.append(f"validation case {i}: no ValueError")
 
 
+def run_empty(*, api=G, to_device=cuda.to_device, to_host=host, label="") -> None:
+    """An empty batch (N = 0, issue 13's rule): every entry point returns correctly shaped empty
+    outputs, vectors and images, both dtypes."""
+    for dtype in (np.float64, np.float32):
+        for shape in ((0, 45), (0, 2, 3, 4)):
+            x = np.empty(shape, dtype)
+            h = np.empty((0, 2 * shape[1]) + shape[2:], dtype)
+            dx, dh, dgl = to_device(x), to_device(h), to_device(np.empty(0, dtype))
+            outs = {
+                "forward": api.affine_forward(dx, dh, "exp"),
+                "inverse": api.affine_inverse(dx, dh, "exp"),
+                "backward": api.affine_backward(dx, dh, dx, dgl, "exp"),
+                "inverse_backward": api.affine_inverse_backward(dx, dh, dx, dgl, "exp"),
+            }
+            for name, (a, b) in outs.items():
+                a, b = to_host(a), to_host(b)
+                want = (shape, (0,)) if name in ("forward", "inverse") else (shape, h.shape)
+                check((a.shape, b.shape) == want and a.dtype == b.dtype == dtype,
+                      f"{label}empty batch {np.dtype(dtype).name} {shape} {name}: got {a.shape}, {b.shape}")
+
+
 def main() -> None:
     try:
+        run_empty()
         for dtype in (np.float64, np.float32):
             for k, (scale, c) in enumerate((("exp", 2.0), ("bounded", 2.0), ("bounded", 0.7), ("sigmoid", 2.0))):
                 run_case(dtype, scale, c, seed=10 * k + (dtype == np.float32))

@@ -150,6 +150,13 @@ def test_every_entry_point_matches_the_oracle(emu, dtype, m):
     assert {vec for *_, vec in emu.launches} == {m == 48}  # the intended path ran, every time
 
 
+def test_empty_batch_gives_empty_outputs(emu):
+    """N = 0 (issue 13's rule): every entry point returns correctly shaped empty outputs."""
+    SIM.FAILURES.clear()
+    SIM.run_empty(api=Api(emu), to_device=np.ascontiguousarray, to_host=np.asarray, label="cuda-c ")
+    assert not SIM.FAILURES, "\n".join(SIM.FAILURES)
+
+
 @needs_extended
 def test_several_warps_per_block_and_images(emu):
     """Warps combine through shared memory (128 threads = 4 warps; 3 warps' worth of columns so
