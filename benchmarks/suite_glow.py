@@ -6,6 +6,9 @@ levels, learned top) under a standard normal prior. Rows:
 
 * ``rawflow reference`` — :meth:`rawflow.FlowModel.nll_and_grad`, NumPy (BLAS for the
   convolutions' GEMMs, multi-threaded); the baseline;
+* ``rawflow reference, unvalidated`` — the same step without its argument checks
+  (``FlowModel._nll_and_grad``): its ratio is the cost of checking the input and every parameter
+  (keys, shapes, dtype, finiteness) once per step. A note also gives the checks' own time;
 * ``rawflow numba`` — the same model with ``backend="numba"`` on its couplings (and ActNorms
   where the checkout has ActNorm kernels): the fused kernels inside a real step;
 * ``torch eager`` / ``torch.compile`` — :mod:`benchmarks.torch_flows`: the *same* model in
@@ -18,13 +21,18 @@ gradient from rawflow's float64 step at the same parameters.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
+from rawflow import tree
 
 from . import models, torch_impls
 from .runner import Candidate, Context, numba_threads, run_timed
 
 NAME = "glow"
 BASELINE = "rawflow reference"
+UNVALIDATED = "rawflow reference, unvalidated"
 FULL = [dict(K=4, L=2, width=64, shape=(3, 16, 16), batch=32)]
 QUICK = [dict(K=1, L=1, width=4, shape=(1, 4, 4), batch=4)]
 
@@ -51,14 +59,18 @@ def run(ctx: Context):
             loss = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
             return max(abs(loss - _l) / abs(_l), models.tree_error(grads["flow"], _g))
 
-        def rawflow_step(backend):
+        def rawflow_step(backend, validated=True):
             def make():
                 m = model if backend == "reference" else models.glow_model(cfg, backend)
+                if not validated:
+                    return lambda: m._nll_and_grad(params, x)
                 return lambda: m.nll_and_grad(params, x)
 
             return make
 
         cands = [Candidate(BASELINE, rawflow_step("reference"), check, kind="baseline"),
+                 Candidate(UNVALIDATED, rawflow_step("reference", validated=False), check,
+                           note="the same step without its argument checks"),
                  Candidate(f"rawflow numba ({opts.threads} thr)", rawflow_step("numba"), check,
                            enter=numba_threads(opts.threads),
                            note="fused coupling kernels" + (", ActNorm kernels" if _actnorm_kernels() else ""))]
@@ -100,6 +112,7 @@ def run(ctx: Context):
         tol = 1e-3 if dtype == np.float32 else 1e-9
         case_rows = run_timed(ctx, NAME, case, "glow.step", cands, BASELINE, items=cfg["batch"], tol=tol)
         rows += case_rows
+        _note_validation(ctx, case, case_rows, model, params, x)
         if equivalence:
             ctx.note(NAME, f"{case}: torch model = rawflow model in float64 before timing: loss rel. diff "
                            f"{equivalence['loss_rel']:.1e}, worst gradient rel. diff {equivalence['grad_rel']:.1e}")
@@ -109,6 +122,26 @@ def run(ctx: Context):
                    "float64 step "
                    "at the same parameters; items/s = training samples per second")
     return rows
+
+
+def _note_validation(ctx: Context, case: str, rows, model, params, x) -> None:
+    """The checks alone (what ``nll_and_grad`` adds to ``_nll_and_grad``), as a share of the step."""
+    by = {r.impl: r for r in rows if r.status == "ok"}
+    if BASELINE not in by or UNVALIDATED not in by:
+        return
+    checks = []
+    for _ in range(max(5, min(200, ctx.opts.repeats * 10))):
+        t0 = time.perf_counter()
+        model._check(params, x, model.event_shape, "input", "nll_and_grad")
+        checks.append(time.perf_counter() - t0)
+    check_s = float(np.median(checks))
+    step = by[BASELINE].median_s
+    ctx.note(NAME, f"{case}: validated / unvalidated step = {step / by[UNVALIDATED].median_s:.3f} (interleaved "
+                   f"medians, noisy); the checks alone take {check_s * 1e6:.0f} µs = {100 * check_s / step:.2f} % of "
+                   f"the validated step ({sum(1 for _ in tree.leaves(params))} parameter leaves)")
+    for r in rows:
+        if r.impl == BASELINE:
+            r.extra["validation_s"] = check_s
 
 
 def _actnorm_kernels() -> bool:

@@ -57,6 +57,8 @@ changing it, delete this package's ``__pycache__/*.nb[ic]``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -496,7 +498,8 @@ def _rows(name: str, what: str, a, like=None, width: int = 1) -> np.ndarray:
             raise ValueError(f"{name}: {what} has shape {a.shape}, expected {want}")
         if a.dtype != like.dtype:
             raise ValueError(f"{name}: {what} has dtype {a.dtype}, x has {like.dtype}")
-    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
+    # explicit sizes: a -1 cannot be inferred from an empty batch (N = 0)
+    return np.ascontiguousarray(a).reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
 def _glogdet(name: str, gl, like) -> np.ndarray:

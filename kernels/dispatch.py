@@ -14,7 +14,10 @@
   ``"cuda-c"`` becomes the default only once ``benchmarks/gpu_suite.py`` shows it faster.
 
 An explicit ``"numba"``/``"cuda"``/``"cuda-c"`` that cannot serve the arrays raises ``ValueError``: a backend
-the caller named is never swapped silently. Nothing here is global; each transform carries its
+the caller named is never swapped silently. Arrays of a dtype rawflow does not compute in (float16,
+long double, non-native byte order: :mod:`rawflow._checks`) are refused under every backend but
+``"reference"`` (whose callers, the layers' public methods, refuse them first), never handed to the
+reference code by ``"auto"``. Nothing here is global; each transform carries its
 choice. This module imports no kernel module until one is selected.
 """
 
@@ -22,7 +25,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import dtype_problem
 from .interface import SCALE_KINDS, scale_kind
+
+
+def _check_dtype(owner: str, x) -> None:
+    problem = dtype_problem(x.dtype) if hasattr(x, "dtype") else None
+    if problem:
+        raise ValueError(f"{owner}: input {problem}")
 
 
 def _is_device(x) -> bool:
@@ -46,6 +56,7 @@ def select(owner: str, backend: str, scale, x, *, additive: bool = False):
     """
     if backend == "reference":
         return None
+    _check_dtype(owner, x)
     supported = additive
     if not additive:
         try:
@@ -104,6 +115,7 @@ def select_actnorm(owner: str, backend: str, x):
     """
     if backend == "reference":
         return None
+    _check_dtype(owner, x)
     host = isinstance(x, np.ndarray) and _real_float(x)
     device = _is_device(x) and _real_float(x)
     what = f"{type(x).__name__} of dtype {getattr(x, 'dtype', '?')}"

@@ -8,17 +8,28 @@ Hypothesis is a test-only dependency: this module imports it, ``import rawflow``
   with every parameter leaf randomised and a float64 input;
 * hard inputs: :func:`lu_factors` (near-singular LU factors of a 1×1-conv weight, as arrays) and
   :func:`saturated_scales` / :func:`saturated_couplings` (raw conditioner outputs in the saturated
-  range of each scale map).
+  range of each scale map);
+* stress points (issue 14; each draws a :class:`~rawflow.check.stress.StressCase` for
+  :func:`rawflow.check.stress.check_case`, which runs :func:`rawflow.check.check_precise` on it
+  and on its ``variants``): :func:`ill_conditioned_lu`, :func:`ill_conditioned_dense`
+  (``cond(W)`` 1e6 … 1e12, exact in float32), :func:`stress_transforms` (``|h|`` up to 30 for any
+  scale map, mixed-magnitude rows), :func:`logit_edges` (inputs near 0 and 1, latents up to
+  ``|z| = 40``), :func:`mixed_magnitudes`, and :func:`stress_cases` (the built-in stress points).
 
 Example::
 
     from hypothesis import given
     from rawflow import testing
     from rawflow.check import check_bijector
+    from rawflow.check.stress import check_case
 
     @given(testing.layer_cases())
     def test_every_layer(case):
         assert check_bijector(case.layer, case.params, case.x)
+
+    @given(testing.ill_conditioned_lu())            # needs mpmath (the [precise] extra)
+    def test_near_singular(case):
+        assert check_case(case)                     # vs 60 digits, each result against eps·T
 """
 
 from __future__ import annotations
@@ -29,8 +40,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .bijectors.chain import Chain
+from .check import stress as _stress
 from .check.registry import SATURATED_H, Case, randomize
-from .bijectors.coupling import AdditiveCoupling, AffineCoupling
+from .bijectors.coupling import AdditiveCoupling, AffineCoupling, AffineTransform
+from .bijectors.linear import DenseLinear, LULinear
+from .bijectors.logit import Logit
 from .bijectors.partition import Partition
 
 SCALE_MAPS = ("exp", "bounded", "sigmoid")
@@ -43,13 +57,19 @@ __all__ = [
     "batch_sizes",
     "chains",
     "couplings",
+    "ill_conditioned_dense",
+    "ill_conditioned_lu",
     "image_shapes",
     "layer_cases",
+    "logit_edges",
     "lu_factors",
+    "mixed_magnitudes",
     "register",
     "saturated_couplings",
     "saturated_scales",
     "seeds",
+    "stress_cases",
+    "stress_transforms",
     "vector_shapes",
 ]
 
@@ -213,6 +233,96 @@ def saturated_couplings(draw, scale: str | None = None, max_d: int = 5) -> Case:
     last["w"] = np.concatenate([last["w"][:c] * 0.02, last["w"][c:]])
     last["b"] = np.concatenate([h, last["b"][c:]])
     return Case(f"saturated-{scale}", layer, params, x)
+
+
+# ---------------------------------------------------------------------- stress points (issue 14)
+def _f32(a):
+    return np.asarray(a, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def _log_uniform(draw, lo: float, hi: float) -> float:
+    return float(10.0 ** draw(st.floats(np.log10(lo), np.log10(hi))))
+
+
+@st.composite
+def ill_conditioned_lu(draw, cond=(1e6, 1e12), channels=None, spatial=None) -> "_stress.StressCase":
+    """An :class:`LULinear` with ``cond₂(W)`` log-uniform in ``cond``, a forward point ``x`` and a
+    generic inverse point ``z`` (so ``x = W⁻¹z`` is huge); float32-representable. ``options`` carry
+    the round trips' ``κ`` (the project's ``8·eps·cond(W)`` bar for the 1×1 conv round trip)."""
+    spatial = draw(st.sampled_from([0, 2])) if spatial is None else spatial
+    c = channels or draw(st.integers(2, 5 if spatial == 0 else 3))
+    seed = draw(seeds())
+    rng = np.random.default_rng(seed)
+    layer = LULinear(c, spatial=spatial, seed=seed)
+    shape = (draw(batch_sizes(1, 3)), c) + ((2, 2) if spatial else ())
+    params, x = _stress.lu_params(layer, _log_uniform(draw, *cond), rng, shape=shape)
+    return _stress._linear(f"lu-{c}{'-image' if spatial else ''}", layer, params, x, rng)
+
+
+@st.composite
+def ill_conditioned_dense(draw, cond=(1e6, 1e12), channels=None) -> "_stress.StressCase":
+    """A :class:`DenseLinear` whose weight has ``cond₂`` log-uniform in ``cond`` and entries exact in
+    float32 (:func:`rawflow.check.stress.dense_weight`), with points as :func:`ill_conditioned_lu`."""
+    c = channels or draw(st.integers(2, 5))
+    seed = draw(seeds())
+    rng = np.random.default_rng(seed)
+    layer = DenseLinear(c, seed=seed)
+    x = _f32(rng.normal(size=(draw(batch_sizes(1, 3)), c)))
+    params = {"weight": _stress.dense_weight(c, _log_uniform(draw, *cond), rng)}
+    return _stress._linear(f"dense-{c}", layer, params, x, rng)
+
+
+@st.composite
+def mixed_magnitudes(draw, shape: tuple, lo: float = 1e-6, hi: float = 8.0) -> np.ndarray:
+    """A float32-representable batch of ``shape`` whose rows are scaled log-uniformly in ``[lo, hi]``
+    (the first row by ``lo``, the last by ``hi``, so every batch mixes both ends)."""
+    rng = np.random.default_rng(draw(seeds()))
+    n = shape[0]
+    scales = 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+    scales[0], scales[-1] = lo, (hi if n > 1 else lo)
+    return _f32(rng.normal(size=shape) * scales.reshape((n,) + (1,) * (len(shape) - 1)))
+
+
+@st.composite
+def stress_transforms(draw, scale: str | None = None, max_h: float = 30.0, image: bool | None = None):
+    """The affine transform as a layer of its raw conditioner output (:class:`TransformLayer`) with
+    ``|h_s|`` up to ``max_h`` either sign (``u = h + 2`` for ``sigmoid``), ordinary shifts, and
+    mixed-magnitude rows; ``variants`` holds the fused Numba kernel of the same map, which
+    :func:`rawflow.check.stress.check_case` judges against the reference's oracle."""
+    scale = scale or draw(st.sampled_from(SCALE_MAPS))
+    image = draw(st.booleans()) if image is None else image
+    n = draw(batch_sizes(1, 3))
+    shape = (n, draw(st.integers(1, 3)), 2, draw(st.integers(1, 3))) if image else (n, draw(st.integers(1, 5)))
+    rng = np.random.default_rng(draw(seeds()))
+    mags = rng.uniform(0.0, max_h, shape)
+    mags.flat[0] = max_h
+    hs = np.where(rng.random(shape) < 0.5, -1.0, 1.0) * mags - (2.0 if scale == "sigmoid" else 0.0)
+    h = _f32(np.concatenate([hs, rng.normal(size=shape)], axis=1))
+    x = draw(mixed_magnitudes(shape))
+    return _stress.StressCase(f"transform-{scale}", "scales", _stress.TransformLayer(AffineTransform(scale)),
+                              {"h": h}, x, variants={"numba": _stress.TransformLayer(AffineTransform(scale, backend="numba"))},
+                              options=dict(_stress._NO_ROUNDTRIP))
+
+
+@st.composite
+def logit_edges(draw, alpha=None, max_z: float = 40.0):
+    """A :class:`Logit` with inputs near 0 and 1 (down to ``1e-30`` and up to ``1 − 2⁻²⁴``) and an
+    inverse point with latents up to ``|z| = max_z``; round trips only for ``α > 0`` (see
+    :func:`rawflow.check.stress.logit_cases`)."""
+    alpha = draw(st.sampled_from([0.0, 0.05])) if alpha is None else alpha
+    d = draw(st.integers(1, 4))
+    n = draw(batch_sizes(1, 3))
+    rng = np.random.default_rng(draw(seeds()))
+    eps = 10.0 ** rng.uniform(-30, -1, (n, d))
+    x = _f32(np.where(rng.random((n, d)) < 0.5, eps, 1 - np.maximum(eps, 2.0**-24)))
+    z = _f32(np.where(rng.random((n, d)) < 0.5, -1.0, 1.0) * rng.uniform(0, max_z, (n, d)))
+    return _stress.StressCase(f"logit-alpha{alpha:g}", "logit", Logit((d,), alpha=alpha), {}, x, z,
+                              options={} if alpha else {"roundtrip": False})
+
+
+def stress_cases(families: list[str] | None = None) -> st.SearchStrategy:
+    """One of the built-in stress points (:func:`rawflow.check.stress.cases`)."""
+    return st.sampled_from(_stress.cases(families))
 
 
 # ---------------------------------------------------------------------- registry of strategies

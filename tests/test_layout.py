@@ -3,7 +3,7 @@
 The layers, highest first (README "Layout"):
 
     app → testing → training, check, interop → distributed → models → bijectors → kernels
-        → nets, distributions → data, tree → _array, _version
+        → nets, distributions → data, tree → _array, _checks, _files, _version
 
 A module may import from its own folder or from a lower layer, never from a higher one or from a
 sibling folder of its own layer, and never names from ``rawflow/__init__`` (only its submodules).
@@ -39,7 +39,7 @@ PUBLIC = [
 # Layer of each top-level part of the package (a higher number is a higher layer).
 LAYER = {
     "app": 9, "testing": 8, "training": 7, "check": 7, "interop": 7, "distributed": 6, "models": 5, "bijectors": 4,
-    "kernels": 3, "nets": 2, "distributions": 2, "data": 1, "tree": 1, "_array": 0, "_version": 0, "_files": 0,
+    "kernels": 3, "nets": 2, "distributions": 2, "data": 1, "tree": 1, "_array": 0, "_version": 0, "_files": 0, "_checks": 0,
 }
 SUBPACKAGES = ["app", "bijectors", "data", "distributions", "models", "nets", "training", "check", "interop",
                "distributed"]

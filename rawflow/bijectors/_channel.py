@@ -34,6 +34,28 @@ class ChannelBijector(Bijector):
         self.event_shape = (self.features,) + (None,) * self.spatial
 
 
+def channel_scales(layer: Bijector, log_scale: Array) -> Array:
+    """``e = exp(log_scale): (C,)``, refusing a scale that is 0 or not finite.
+
+    ``exp`` underflows to 0 below ``log_scale ≈ −745`` (float64; −104 in float32) and overflows
+    above 709.8 (88.7): the map would then send every sample to 0 (or ∞) while its log-det stays
+    finite, and its inverse would divide by 0. Such a layer is not invertible in its dtype, so it
+    raises ``ValueError`` naming the channels, as :class:`~rawflow.bijectors.linear.LULinear` does.
+    O(C); called by the unchecked methods too, so a chain reports it.
+    """
+    xp = namespace(log_scale)
+    with np.errstate(over="ignore", under="ignore"):  # reported below, as an error
+        e = xp.exp(log_scale)
+    bad = ~(xp.isfinite(e) & (e.real != 0))
+    if bool(bad.any()):
+        idx = [int(i) for i in xp.flatnonzero(bad)]
+        raise layer._error(
+            f"scale exp(log_scale) underflows to 0 or overflows at channels {idx[:8]} "
+            f"(log_scale = {[float(log_scale[i].real) for i in idx[:8]]}); the layer is not invertible"
+        )
+    return e
+
+
 def positions(x: Array) -> int:
     """Number of spatial positions ``P = H·W`` of ``x: (N, C, *spatial)`` (1 for vectors)."""
     return math.prod(x.shape[2:])

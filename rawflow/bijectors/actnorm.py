@@ -36,6 +36,10 @@ gradients' batch/spatial sums fused into the VJP pass, computed in float64 and r
 ``"auto"`` (the kernel matching the arrays, else this code: complex inputs such as complex-step
 checks run the reference); see :func:`rawflow.kernels.dispatch.select_actnorm`. A kernel
 backend's cache is ``(x, z, kernels)``; it is interchangeable between directions as well.
+
+A ``log_scale`` whose ``exp`` underflows to 0 or overflows is refused in both directions, on
+every backend (:func:`~rawflow.bijectors._channel.channel_scales`): the map would collapse every
+sample to 0 (or ∞) with a finite log-det.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import Array, namespace
-from ._channel import ChannelBijector, channel_view, constant_logdet, positions, sum_but_channel
+from ._channel import ChannelBijector, channel_scales, channel_view, constant_logdet, positions, sum_but_channel
 
 
 _BACKENDS = ("reference", "numba", "cuda", "auto")
@@ -63,6 +67,13 @@ class ActNorm(ChannelBijector):
         if backend not in _BACKENDS:
             raise ValueError(f"{type(self).__name__}: backend must be one of {', '.join(_BACKENDS)}; got {backend!r}")
         self.backend = backend
+
+    def param_spec(self) -> dict:
+        return {"bias": (self.features,), "log_scale": (self.features,)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return self.data_init
 
     def _kernels(self, x):
         """The kernel module serving ``x`` under ``self.backend``, or ``None`` for the reference code.
@@ -99,21 +110,21 @@ class ActNorm(ChannelBijector):
         return positions(x) * params["log_scale"].sum()
 
     def _forward(self, params, x):
+        e = channel_scales(self, params["log_scale"])
         k = self._kernels(x)
         if k is not None:
             z, logdet = k.actnorm_forward(x, params["bias"], params["log_scale"])
             return z, logdet, k.ActNormCache(x, z, k)
-        e = namespace(x).exp(params["log_scale"])
         u = x + channel_view(params["bias"], x)
         z = u * channel_view(e, x)
         return z, constant_logdet(self._logdet(params, x), z), (u, z, e)
 
     def _inverse(self, params, z):
+        e = channel_scales(self, params["log_scale"])
         k = self._kernels(z)
         if k is not None:
             x, logdet = k.actnorm_inverse(z, params["bias"], params["log_scale"])
             return x, logdet, k.ActNormCache(x, z, k)
-        e = namespace(z).exp(params["log_scale"])
         u = z / channel_view(e, z)
         x = u - channel_view(params["bias"], z)
         return x, constant_logdet(-self._logdet(params, z), x), (u, z, e)

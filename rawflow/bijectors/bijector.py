@@ -17,9 +17,33 @@ Direction convention: **forward = data → latent** (the training direction). Fo
   returned by ``forward`` and the one returned by ``inverse`` at the matching point are
   interchangeable: ``backward`` and ``inverse_backward`` accept either. That is what lets a chain
   rebuild a layer's cache from its output alone (see :class:`rawflow.bijectors.chain.Chain`).
-* The public methods validate their inputs and raise ``ValueError`` naming the layer; subclasses
-  implement the unchecked ``_forward``, ``_inverse``, ``_backward``, ``_inverse_backward``, which a
-  chain calls directly once it has validated its own input.
+* The public methods validate every argument and raise ``ValueError("<Layer>: <argument> ...")``;
+  subclasses implement the unchecked ``_forward``, ``_inverse``, ``_backward``,
+  ``_inverse_backward``, which a chain (and a model) calls directly once it has validated its own
+  arguments, so a composite checks once.
+* **Parameters are checked like inputs.** Each layer declares :meth:`Bijector.param_spec`, the tree
+  of parameter shapes its ``init`` produces, fixed at construction (ActNorm's data-dependent init
+  changes values, never shapes). Every public method checks ``params`` against it: the same keys
+  (a missing or an unexpected key is named by its path), the same shapes, the input's dtype, finite
+  values — O(number of leaves) plus one finiteness reduction per leaf. ``init`` checks what it
+  produced the same way.
+* **Cotangents and caches.** ``g`` must have the shape of the output it is the cotangent of,
+  ``glogdet`` must be a finite ``(N,)`` array of the same dtype. The public ``forward`` and
+  ``inverse`` return their cache wrapped in a :class:`~rawflow._checks.Cache` that records the layer
+  and the point's shapes; the public VJPs refuse ``None``, a cache of another layer, or one whose
+  shapes do not match the cotangent.
+* **Dtypes: one rule.** Inputs, parameters and cotangents are float32 or float64 (complex64 /
+  complex128 on the reference paths, for complex-step checks), in native byte order. float16,
+  longdouble, big-endian arrays, integers, ``numpy.matrix`` and masked arrays are refused with a
+  ``ValueError`` at every entry point; nothing is ever converted (:mod:`rawflow._checks`).
+* **Empty batches: one rule.** ``N = 0`` is a valid batch: ``forward``, ``inverse`` and both VJPs
+  return correctly shaped empty outputs (``z: (0, *event)``, ``logdet: (0,)``) and exactly zero
+  parameter gradients (a sum over no samples). Where the answer is a statistic *of* the batch it
+  is undefined, and every such place raises ``ValueError`` saying the batch is empty: a
+  data-dependent ``init`` (:attr:`Bijector.data_dependent`: ActNorm, the CNN conditioners'
+  normalisation), a mean NLL, ``evaluate_nll``, ``train``. Event axes may not be empty.
+* Randomness comes from a ``numpy.random.Generator`` passed explicitly (``init`` also accepts
+  ``None`` for layers that draw nothing).
 * Nothing is stored on the layer by any call: calls can overlap and nothing needs flushing.
 """
 
@@ -31,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from .. import tree as _tree
-from .._array import Array, namespace
+from .._array import Array
+from .._checks import Cache, MissingRng, check_array, check_rng, check_vector, open_cache
 
 
 class Bijector(ABC):
@@ -60,34 +85,59 @@ class Bijector(ABC):
             raise self._error(f"cannot map an event of shape {tuple(shape)} (expected {len(out)} axes)")
         return tuple(int(s) if o is None else int(o) for o, s in zip(out, shape))
 
+    def param_spec(self) -> dict:
+        """The tree of parameter shapes that ``init`` produces (``{}`` for a layer without
+        parameters); public methods check ``params`` against it. The default, :data:`rawflow.tree.ANY`,
+        is for user layers that declare none: their leaves are still checked (arrays, dtype, finite).
+        """
+        return _tree.ANY
+
+    @property
+    def data_dependent(self) -> bool:
+        """Whether ``init`` computes parameters from statistics of its example batch (then an
+        empty batch is refused)."""
+        return False
+
     # ------------------------------------------------------------------ public, validated
-    def init(self, rng: np.random.Generator, x: Array) -> dict:
+    def init(self, rng: np.random.Generator | None, x: Array) -> dict:
         """Parameters for this layer, in ``x``'s dtype and array namespace.
 
-        ``x`` is an example batch; data-dependent layers (ActNorm) initialise from it.
+        ``x`` is an example batch; data-dependent layers (ActNorm) initialise from it and need
+        ``N ≥ 1``. ``rng`` may be ``None`` for layers that draw nothing (the LU / dense 1×1
+        convolutions are seeded at construction).
         """
+        if rng is None:
+            rng = MissingRng(self.name)
+        else:
+            check_rng(self.name, rng)
         self._check_array(x, self.event_shape, "input")
-        return self._init(rng, x)
+        if x.shape[0] == 0 and self.data_dependent:
+            raise self._error(f"data-dependent init needs a non-empty example batch, got shape {tuple(x.shape)}")
+        params = self._init(rng, x)
+        _tree.check(self.name, params, self.param_spec(), x.dtype, what="initialised parameter")
+        return params
 
     def forward(self, params: dict, x: Array):
         """``(z, logdet, cache)`` with ``z = f(x)`` and ``logdet = log|det ∂z/∂x|: (N,)``."""
         self._check_call(params, x, self.event_shape, "input")
-        return self._forward(params, x)
+        z, logdet, cache = self._forward(params, x)
+        return z, logdet, Cache(self, x.shape, z.shape, x.dtype, cache)
 
     def inverse(self, params: dict, z: Array):
         """``(x, logdet_inv, cache)`` with ``x = f⁻¹(z)`` and ``logdet_inv = log|det ∂x/∂z|``."""
         self._check_call(params, z, self.out_event_shape, "latent input")
-        return self._inverse(params, z)
+        x, logdet, cache = self._inverse(params, z)
+        return x, logdet, Cache(self, x.shape, z.shape, z.dtype, cache)
 
     def backward(self, params: dict, cache: Any, gz: Array, glogdet: Array):
         """VJP of ``forward``: ``(gx, gparams)`` given cotangents of ``z`` and ``logdet``."""
         self._check_cotangents(params, gz, glogdet, self.out_event_shape)
-        return self._backward(params, cache, gz, glogdet)
+        return self._backward(params, open_cache(self, self.name, cache, gz, "z"), gz, glogdet)
 
     def inverse_backward(self, params: dict, cache: Any, gx: Array, glogdet: Array):
         """VJP of ``inverse``: ``(gz, gparams)`` given cotangents of ``x`` and ``logdet_inv``."""
         self._check_cotangents(params, gx, glogdet, self.event_shape)
-        return self._inverse_backward(params, cache, gx, glogdet)
+        return self._inverse_backward(params, open_cache(self, self.name, cache, gx, "x"), gx, glogdet)
 
     # ------------------------------------------------------------------ to implement
     def _init(self, rng, x):
@@ -114,44 +164,16 @@ class Bijector(ABC):
         return ValueError(f"{self.name}: {message}")
 
     def _check_array(self, x: Any, event_shape: tuple, what: str) -> None:
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise self._error(f"{what} must be an array, got {type(x).__name__}")
-        want = 1 + len(event_shape)
-        if x.ndim != want:
-            raise self._error(
-                f"{what} must have {want} dimensions (N, {', '.join(map(_dim, event_shape))}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        for axis, (have, expect) in enumerate(zip(x.shape[1:], event_shape), start=1):
-            if expect is not None and have != expect:
-                raise self._error(
-                    f"{what} has size {have} on axis {axis}, expected {expect} "
-                    f"(shape {tuple(x.shape)})"
-                )
-        kind = np.dtype(x.dtype).kind
-        if kind not in "fc":
-            raise self._error(f"{what} must be a floating-point array, got dtype {x.dtype}")
-        if not bool(namespace(x).isfinite(x).all()):
-            raise self._error(f"{what} contains NaN or Inf")
+        check_array(self.name, x, what, event_shape)
+
+    def _check_params(self, params: Any, dtype) -> None:
+        _tree.check(self.name, params, self.param_spec(), dtype)
 
     def _check_call(self, params: dict, x: Array, event_shape: tuple, what: str) -> None:
         self._check_array(x, event_shape, what)
-        for path, leaf in _tree.leaves(params):
-            if leaf.dtype != x.dtype:
-                raise self._error(
-                    f"parameter '{path}' has dtype {leaf.dtype} but the {what} has dtype {x.dtype}; "
-                    "cast one to match"
-                )
+        self._check_params(params, x.dtype)
 
     def _check_cotangents(self, params: dict, g: Array, glogdet: Array, event_shape: tuple) -> None:
         self._check_call(params, g, event_shape, "cotangent")
-        if tuple(glogdet.shape) != (g.shape[0],):
-            raise self._error(
-                f"log-det cotangent must have shape ({g.shape[0]},), got {tuple(glogdet.shape)}"
-            )
-        if glogdet.dtype != g.dtype:
-            raise self._error(f"log-det cotangent dtype {glogdet.dtype} differs from {g.dtype}")
+        check_vector(self.name, glogdet, "log-det cotangent", g.shape[0], g.dtype)
 
-
-def _dim(d) -> str:
-    return "*" if d is None else str(d)

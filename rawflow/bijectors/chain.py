@@ -56,6 +56,13 @@ class Chain(Bijector):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def param_spec(self) -> dict:
+        return {str(i): layer.param_spec() for i, layer in enumerate(self.layers)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(layer.data_dependent for layer in self.layers)
+
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         params = {}
         for i, layer in enumerate(self.layers):

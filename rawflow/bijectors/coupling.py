@@ -41,7 +41,7 @@ import numpy as np
 
 from .._array import Array, namespace
 from .bijector import Bijector
-from ..nets.mlp import MLP
+from ..nets.mlp import MLP, conditioner_spec
 from .partition import Partition
 from .scales import ScaleMap, scale_map
 
@@ -55,6 +55,27 @@ def _row_sum(a: Array) -> Array:
 
 def _per_row(g: Array, like: Array) -> Array:
     return g.reshape((g.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _scaled(a: Array, log_s: Array, s: Array, inverse: bool = False) -> Array:
+    """``a ⊙ s`` (``a / s`` if ``inverse``) for ``s = exp(log_s)``, finite wherever the exact value is.
+
+    Where ``s`` overflows to ``inf`` or underflows to ``0`` (``|log s| ≳ 709`` in float64: an
+    exp-scale coupling far from its data), the product is taken in log space,
+    ``sign(a)·exp(log|a| ± log s)``, so ``0·s`` is ``0`` (not ``NaN``) and a small ``a`` times a
+    huge ``s`` stays the float it is. Elsewhere it is the plain product, bit for bit (and
+    complex-safe: the log-space branch is only taken for a non-finite or zero ``s``).
+    """
+    xp = namespace(a)
+    regular = xp.isfinite(s) & (s != 0)
+    if bool(regular.all()):
+        return a / s if inverse else a * s
+    s_ok = xp.where(regular, s, 1)
+    out = a / s_ok if inverse else a * s_ok
+    nonzero = a != 0
+    log_a = xp.log(xp.abs(xp.where(nonzero, a, 1)))
+    far = xp.sign(a) * xp.exp(xp.where(nonzero, log_a - log_s if inverse else log_a + log_s, 0))
+    return xp.where(regular, out, far)
 
 
 def _kernels(owner, x, scale=None, additive=False):
@@ -122,7 +143,7 @@ class AffineTransform:
             yb, logdet = k.affine_forward(xb, h, self.scale)
             return yb, logdet, k.KernelCache(xb, h, k)
         log_s, dlog_s, s, t = self._params(h)
-        yb = xb * s + t
+        yb = _scaled(xb, log_s, s) + t
         return yb, _row_sum(log_s), (xb, s, dlog_s)
 
     def inverse(self, yb, h):
@@ -131,7 +152,7 @@ class AffineTransform:
             xb, logdet = k.affine_inverse(yb, h, self.scale)
             return xb, logdet, k.KernelCache(xb, h, k)
         log_s, dlog_s, s, t = self._params(h)
-        xb = (yb - t) / s
+        xb = _scaled(yb - t, log_s, s, inverse=True)
         # -(Σ log s) is the exact negation of the forward's sum: the two log-dets cancel exactly.
         return xb, -_row_sum(log_s), (xb, s, dlog_s)
 
@@ -191,6 +212,13 @@ class Coupling(Bijector):
                 f"{conditioner.out_features} features, the partition needs {partition.size_a} → {out}"
             )
         self.net = conditioner
+
+    def param_spec(self) -> dict:
+        return {"net": conditioner_spec(self.net)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return bool(getattr(self.net, "data_dependent", False))
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         xa, _ = self.partition.split(x)

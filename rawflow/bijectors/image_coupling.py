@@ -52,6 +52,7 @@ import numpy as np
 from .._array import namespace
 from .bijector import Bijector
 from ..nets.cnn import GlowCNN, ResNetCNN
+from ..nets.mlp import conditioner_spec
 from .coupling import AdditiveTransform, AffineTransform, Coupling
 from .partition import Partition
 from .scales import ScaleMap
@@ -168,6 +169,13 @@ class CheckerboardCoupling(Bijector):
 
     def __repr__(self) -> str:
         return f"CheckerboardCoupling({self.event_shape[0]}, parity={self.parity})"
+
+    def param_spec(self) -> dict:
+        return {"net": conditioner_spec(self.net)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return bool(getattr(self.net, "data_dependent", False))
 
     def _pattern(self, x):
         xp = namespace(x)

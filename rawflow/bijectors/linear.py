@@ -26,10 +26,13 @@ Both start from the same random orthogonal matrix for the same ``seed`` (Glow's 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 
 from .._array import Array, logabsdet, namespace, solve_triangular
+from .._checks import check_array
 from ._channel import ChannelBijector, _readonly, constant_logdet, positions
 
 
@@ -47,13 +50,14 @@ def random_orthogonal(features: int, seed) -> np.ndarray:
 def to_columns(x: Array) -> Array:
     """``(N, C, *spatial) → (C, N·P)``: column ``n·P + p`` is position ``p`` of sample ``n``."""
     n, c = x.shape[:2]
-    return namespace(x).moveaxis(x.reshape(n, c, -1), 1, 0).reshape(c, -1)
+    p = positions(x)  # explicit sizes: a -1 cannot be inferred from an empty batch (N = 0)
+    return namespace(x).moveaxis(x.reshape(n, c, p), 1, 0).reshape(c, n * p)
 
 
 def from_columns(m: Array, shape: tuple) -> Array:
     """Inverse of :func:`to_columns` for an array of ``shape``."""
     n, c = shape[:2]
-    return namespace(m).moveaxis(m.reshape(c, n, -1), 0, 1).reshape(shape)
+    return namespace(m).moveaxis(m.reshape(c, n, math.prod(shape[2:])), 0, 1).reshape(shape)
 
 
 class DenseLinear(ChannelBijector):
@@ -69,6 +73,9 @@ class DenseLinear(ChannelBijector):
     def __init__(self, features: int, spatial: int = 0, seed: int = 0):
         super().__init__(features, spatial)
         self.seed = seed
+
+    def param_spec(self) -> dict:
+        return {"weight": (self.features, self.features)}
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         w = random_orthogonal(self.features, self.seed)
@@ -138,8 +145,15 @@ class LULinear(ChannelBijector):
 
     Gradients: the forward VJP gives ``gW = gZ Xᵀ``, mapped to the factors by :meth:`weight_backward`'s
     rules (``dW = P (dL Ũ + L dŨ)``); the inverse goes back through its two solves directly
-    (``a = Ũ⁻ᵀ gX``, ``gŨ = −a Xᵀ``, ``b = L⁻ᵀ a``, ``gL = tril₋₁(−b Vᵀ)`` with ``V = Ũ X``), which
-    stays accurate when ``W`` is near-singular::
+    (``a = Ũ⁻ᵀ gX``, ``gŨ = −a Xᵀ``, ``b = L⁻ᵀ a``, ``gL = tril₋₁(−b Vᵀ)``), with ``V = L⁻¹ Pᵀ Z``
+    the first solve's own result, kept in the inverse's cache. Accuracy at a near-singular ``W``:
+    every quantity is a product of solves with the factors and is accurate to a few ulps of its
+    term size (``Σ|terms|``, Skeel's componentwise condition) — no ``eps·cond(W)`` loss; measured
+    against a 60-digit oracle at ``log_scale = −18`` (``cond(W) ≈ 3e8``) the factor gradients are
+    within 1e-15 relative. Recomputing ``V = Ũ X`` instead loses ``eps·cond(W)`` (1e-10 … 2e-8
+    there): ``X`` carries the solve's rounding magnified by ``1/s``, which ``Ũ X`` cancels only to
+    ``eps·|Ũ||X|``. The forward cache has no ``V`` (the forward never solves); given one, the
+    inverse VJP forms ``V = Ũ X`` from the forward's exact input, where it is accurate::
 
         gL = tril₋₁(Pᵀ gW Ũᵀ)      gŨ = Lᵀ Pᵀ gW      g upper = triu₊₁(gŨ)
         g log_s = diag(gŨ) ⊙ s + γ                  (γ = ±HW·Σ_n glogdet_n, sign of the direction)
@@ -158,6 +172,10 @@ class LULinear(ChannelBijector):
         self.inverse_perm = _readonly(np.argsort(self.perm))
         self.sign = _readonly(np.sign(d))
         self._start = (np.tril(lower, -1), np.triu(upper, 1), np.log(np.abs(d)))
+
+    def param_spec(self) -> dict:
+        c = self.features
+        return {"lower": (c, c), "upper": (c, c), "log_scale": (c,)}
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         xp = namespace(x)
@@ -188,11 +206,18 @@ class LULinear(ChannelBijector):
 
     def weight(self, params: dict) -> Array:
         """The assembled ``W = P·L·Ũ: (C, C)``."""
+        self._check_params(params, None)
         lower, upper, _ = self._factors(params)
         return self._assemble(lower, upper)
 
     def weight_backward(self, params: dict, gweight: Array) -> dict:
         """VJP of :meth:`weight`: ``gparams`` (structure of ``params``) from ``gW = ∂L/∂W``."""
+        self._check_params(params, None)
+        c, dtype = self.features, params["lower"].dtype
+        check_array(self.name, gweight, "weight cotangent", (c,))
+        if gweight.shape[0] != c or gweight.dtype != dtype:
+            raise self._error(f"weight cotangent must be a ({c}, {c}) array of dtype {dtype}, "
+                              f"got {tuple(gweight.shape)} {gweight.dtype}")
         return self._weight_grads(self._factors(params), gweight, 0)
 
     def _weight_grads(self, factors, gw, gamma):
@@ -214,7 +239,7 @@ class LULinear(ChannelBijector):
         factors = self._factors(params)
         cols = to_columns(x)
         z = from_columns(self._assemble(*factors[:2]) @ cols, x.shape)
-        return z, constant_logdet(self._logdet(params, x), z), (cols, factors)
+        return z, constant_logdet(self._logdet(params, x), z), (cols, None, factors)
 
     def _inverse(self, params, z):
         lower, upper, s = factors = self._factors(params)
@@ -223,17 +248,18 @@ class LULinear(ChannelBijector):
         v = solve_triangular(lower, y, lower=True, unit_diagonal=True)
         cols = solve_triangular(upper, v, lower=False)
         x = from_columns(cols, z.shape)
-        return x, constant_logdet(-self._logdet(params, z), x), (cols, factors)
+        # V is kept: recomputing it as Ũ X at a near-singular Ũ loses eps·cond(W) (class docstring)
+        return x, constant_logdet(-self._logdet(params, z), x), (cols, v, factors)
 
     def _backward(self, params, cache, gz, glogdet):
-        cols, factors = cache
+        cols, _, factors = cache
         gzc = to_columns(gz)
         gx = self._assemble(*factors[:2]).T @ gzc
         gamma = positions(gz) * glogdet.sum()
         return from_columns(gx, gz.shape), self._weight_grads(factors, gzc @ cols.T, gamma)
 
     def _inverse_backward(self, params, cache, gx, glogdet):
-        cols, factors = cache
+        cols, v, factors = cache
         lower, upper, s = factors
         xp = namespace(gx)
         # X = Ũ⁻¹ V, V = L⁻¹ Y, Y = Pᵀ Z. Back through each solve in turn:
@@ -245,7 +271,8 @@ class LULinear(ChannelBijector):
         b = solve_triangular(lower, a, lower=True, unit_diagonal=True, trans=1)
         gzc = xp.take(b, xp.asarray(self.perm), axis=0)
         gupper_full = -(a @ cols.T)
-        v = upper @ cols
+        if v is None:  # a forward cache: X is the forward's input, exact, and Ũ X accurate
+            v = upper @ cols
         gamma = -(positions(gx) * glogdet.sum())
         gparams = {
             "lower": xp.tril(-(b @ v.T), -1),

@@ -62,6 +62,13 @@ class MultiScale(Bijector):
     def out_event_shape(self) -> tuple:
         return (self.size,)
 
+    def param_spec(self) -> dict:
+        return {str(i): level.param_spec() for i, level in enumerate(self.levels)}
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(level.data_dependent for level in self.levels)
+
     def output_shape(self, shape: tuple) -> tuple:
         if tuple(shape) != self.event_shape:
             raise self._error(f"built for images of shape {self.event_shape}, got {tuple(shape)}")
@@ -77,7 +84,8 @@ class MultiScale(Bijector):
 
     def _join(self, pieces):
         n = pieces[0].shape[0]
-        return namespace(pieces[0]).concatenate([p.reshape(n, -1) for p in pieces], axis=1)
+        # explicit sizes: a -1 cannot be inferred from an empty batch (N = 0)
+        return namespace(pieces[0]).concatenate([p.reshape(n, math.prod(p.shape[1:])) for p in pieces], axis=1)
 
     def _merge(self, kept, factored):
         return namespace(kept).concatenate([kept, factored], axis=1)

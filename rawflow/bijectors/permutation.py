@@ -40,6 +40,9 @@ class Permutation(ChannelBijector):
         self.perm = _readonly(perm.astype(np.intp))
         self.inverse_perm = _readonly(np.argsort(self.perm))
 
+    def param_spec(self) -> dict:
+        return {}
+
     def _take(self, a: Array, index: np.ndarray) -> Array:
         xp = namespace(a)
         return xp.take(a, xp.asarray(index), axis=1)

@@ -17,7 +17,8 @@ Gradients (sums ``Σ`` run over the batch and spatial axes)::
     inverse:  gz = gx / e           g log_scale = −Σ gx ⊙ x − P·Σ_n glogdet_n
 
 (``∂z/∂log_scale = z`` and ``∂x/∂log_scale = −x``.) The cache ``(x, z, e)`` is the same from
-either direction.
+either direction. A ``log_scale`` whose ``exp`` underflows to 0 or overflows is refused
+(:func:`~rawflow.bijectors._channel.channel_scales`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import Array, namespace
-from ._channel import ChannelBijector, channel_view, constant_logdet, positions, sum_but_channel
+from ._channel import ChannelBijector, channel_scales, channel_view, constant_logdet, positions, sum_but_channel
 
 
 class DiagonalScaling(ChannelBijector):
     """``z = x ⊙ exp(log_scale)`` along axis 1; ``logdet = P·Σ log_scale``."""
+
+    def param_spec(self) -> dict:
+        return {"log_scale": (self.features,)}
 
     def _init(self, rng: np.random.Generator, x: Array) -> dict:
         return {"log_scale": namespace(x).zeros(self.features, dtype=x.dtype)}
@@ -38,12 +42,12 @@ class DiagonalScaling(ChannelBijector):
         return positions(x) * params["log_scale"].sum()
 
     def _forward(self, params, x):
-        e = namespace(x).exp(params["log_scale"])
+        e = channel_scales(self, params["log_scale"])
         z = x * channel_view(e, x)
         return z, constant_logdet(self._logdet(params, x), z), (x, z, e)
 
     def _inverse(self, params, z):
-        e = namespace(z).exp(params["log_scale"])
+        e = channel_scales(self, params["log_scale"])
         x = z / channel_view(e, z)
         return x, constant_logdet(-self._logdet(params, z), x), (x, z, e)
 

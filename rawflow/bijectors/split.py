@@ -54,6 +54,7 @@ import math
 import numpy as np
 
 from .._array import Array, namespace
+from .._checks import check_array, check_positive_finite, check_rng, check_vector, open_cache
 from .bijector import Bijector
 from ..nets.cnn import ZeroConv2d
 from ..distributions.priors import Prior
@@ -100,6 +101,9 @@ class Split(Bijector):
     def join(self, kept: Array, eps: Array) -> Array:
         """``(x₁, ε) → [x₁ | ε]`` along channels (exact)."""
         return namespace(kept, eps).concatenate([kept, eps], axis=1)
+
+    def param_spec(self) -> dict:
+        return {"prior": self.prior.param_spec()}
 
     def _stats(self, params, x1):
         h, net_cache = self.prior.apply(params["prior"], x1)
@@ -155,19 +159,30 @@ class Split(Bijector):
         kept, eps = self.parts(z)
         return kept, logdet + _std_normal_logp(eps), eps, cache
 
+    def _eps_of(self, cache, method: str) -> Array:
+        """``ε`` from a cache of this layer (checked: the VJP checks it again against its cotangent)."""
+        return open_cache(self, f"{self.name}.{method}", cache, None, "z", "factor or unfactor")[1]
+
     def factor_backward(self, params: dict, cache, gkept: Array, glogp: Array, geps: Array | None = None):
         """VJP of :meth:`factor`: ``(gx, gparams)``; ``geps`` defaults to zero."""
-        _, eps, _ = cache
+        eps = self._eps_of(cache, "factor_backward")
+        check_array(self.name, gkept, "kept-half cotangent", (self.kept, None, None))
+        check_vector(self.name, glogp, "log-prob cotangent", eps.shape[0], eps.dtype)
         g_eps = -(_per_row(glogp, eps) * eps)
         if geps is not None:
+            check_array(self.name, geps, "eps cotangent", (self.factored, None, None))
+            if geps.shape != eps.shape:
+                raise self._error(f"eps cotangent has shape {tuple(geps.shape)}, eps has {tuple(eps.shape)}")
             g_eps = geps + g_eps
+        if gkept.shape[0] != eps.shape[0] or gkept.shape[2:] != eps.shape[2:]:
+            raise self._error(f"kept-half cotangent shape {tuple(gkept.shape)} does not match eps {tuple(eps.shape)}")
         return self.backward(params, cache, self.join(gkept, g_eps), glogp)
 
     def sample_eps(self, kept: Array, rng: np.random.Generator, temperature: float = 1.0) -> Array:
         """``ε ~ N(0, T²I)`` shaped like the factored-out half; host draw moved to ``kept``'s namespace."""
-        if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature)
-                and temperature > 0):
-            raise self._error(f"temperature must be a positive finite number, got {temperature!r}")
+        check_positive_finite(self.name, temperature, "temperature")
+        check_rng(self.name, rng)
+        check_array(self.name, kept, "kept half", (self.kept, None, None))
         n, _, h, w = kept.shape
         draw = temperature * rng.standard_normal((n, self.factored, h, w))
         return namespace(kept).asarray(draw, dtype=kept.dtype)
@@ -180,6 +195,8 @@ class Split(Bijector):
             if rng is None:
                 raise self._error("unfactor needs eps or an rng to sample it")
             eps = self.sample_eps(kept, rng, temperature)
+        elif rng is not None:
+            raise self._error("pass eps or rng to unfactor, not both")
         self._check_array(eps, (self.factored, None, None), "eps")
         if eps.shape[0] != kept.shape[0] or eps.shape[2:] != kept.shape[2:]:
             raise self._error(f"eps shape {tuple(eps.shape)} does not match kept half {tuple(kept.shape)}")
@@ -188,7 +205,8 @@ class Split(Bijector):
 
     def unfactor_backward(self, params: dict, cache, gx: Array, glogp: Array):
         """VJP of :meth:`unfactor` (with ``eps`` an input): ``(gkept, geps, gparams)``."""
-        _, eps, _ = cache
+        eps = self._eps_of(cache, "unfactor_backward")
+        check_vector(self.name, glogp, "log-prob cotangent", eps.shape[0], eps.dtype)
         gz, gparams = self.inverse_backward(params, cache, gx, -glogp)
         gkept, geps = self.parts(gz)
         return gkept, geps - _per_row(glogp, eps) * eps, gparams
@@ -218,10 +236,8 @@ class GlowTopPrior(Prior):
         xp = namespace(z)
         return {"b": xp.zeros(2 * self.channels, dtype=z.dtype), "logs": xp.zeros(2 * self.channels, dtype=z.dtype)}
 
-    def _check_call(self, params, z, *args, **kwargs) -> None:
-        super()._check_call(params, z, *args, **kwargs)
-        if set(params) != {"b", "logs"} or any(tuple(params[k].shape) != (2 * self.channels,) for k in params):
-            raise self._error(f"params must be {{'b', 'logs'}} of shape ({2 * self.channels},)")
+    def param_spec(self) -> dict:
+        return {"b": (2 * self.channels,), "logs": (2 * self.channels,)}
 
     def _stats(self, params):
         xp = namespace(params["b"])

@@ -51,6 +51,9 @@ class Squeeze(Bijector):
     def __repr__(self) -> str:
         return f"Squeeze({self.channels})"
 
+    def param_spec(self) -> dict:
+        return {}
+
     def output_shape(self, shape: tuple) -> tuple:
         c, h, w = shape
         if h % 2 or w % 2:
@@ -97,6 +100,14 @@ class Flatten(Bijector):
     @property
     def out_event_shape(self) -> tuple:
         return (self.size,)
+
+    def output_shape(self, shape: tuple) -> tuple:
+        if tuple(int(d) for d in shape) != self.event_shape:
+            raise self._error(f"built for events of shape {self.event_shape}, got {tuple(shape)}")
+        return (self.size,)
+
+    def param_spec(self) -> dict:
+        return {}
 
     def _forward(self, params, x):
         return x.reshape(x.shape[0], self.size), namespace(x).zeros(x.shape[0], dtype=x.dtype), None

@@ -35,7 +35,11 @@ EPS64 = oracles.EPS64
 
 
 class Analysis:
-    def __init__(self, probe: Probe, *, oracle: str = "auto", fd_columns: int | None = 64, rng=None):
+    """``differences=False`` builds only ``J`` and ``T`` by the complex step (no difference oracles,
+    no noise measurement): what :mod:`rawflow.check.precise` needs for its conditioning bounds."""
+
+    def __init__(self, probe: Probe, *, oracle: str = "auto", fd_columns: int | None = 64, rng=None,
+                 differences: bool = True):
         self.probe = probe
         self.lin = probe.in_layout
         self.lout = probe.out_layout
@@ -54,6 +58,9 @@ class Analysis:
         if self.oracle == "complex-step":
             self.J = oracles.columns(probe, self.w0, all_cols, "complex-step")
             self.T = self._term_sizes(self.J)
+            if not differences:
+                self.fd_cols = all_cols[:0]
+                return
             # Every input column (the Jacobians for slogdet), and up to fd_columns parameter columns.
             n_in = self.cols("input").stop
             if fd_columns is None or self.R <= n_in + fd_columns:
@@ -125,7 +132,10 @@ class Analysis:
         T = np.abs(self.f0) + np.abs(J) @ self.perturbation_scale()
         T[self.rows("logdet")] += self._logdet_summands(J)
         first = self.first_order_rows()
-        for prefix, c in (("grad:", self.cotangent), ("gradld:", self.cotangent_ld)):
+        pairs = [("grad:", self.cotangent), ("gradld:", self.cotangent_ld)]
+        if self.probe.output_only:
+            pairs.append(("gradout:", self.cotangent - self.cotangent_ld))
+        for prefix, c in pairs:
             tau = np.abs(c) @ np.abs(J[first])  # (R,)
             T[self.grad_rows(prefix)] += tau
         return T

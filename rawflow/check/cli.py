@@ -1,6 +1,7 @@
 """Command-line entry points (wired into ``rawflow check`` and ``rawflow vectors`` by :mod:`rawflow.app.cli`).
 
     rawflow check [--family F ...] [--case NAME ...] [--dtype float64 float32] [--json FILE] [--full] [--list]
+    rawflow check --stress [--family F ...] [--case NAME ...] [--dtype ...] [--json FILE] [--full] [--list]
     rawflow vectors export DIR [--family F ...] [--case NAME ...] [--seed S] [--force]
     rawflow vectors verify DIR [--json FILE]
 
@@ -20,14 +21,23 @@ from . import registry
 
 def _parser_check() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rawflow check", description="Check the built-in layers against derivative oracles.")
-    p.add_argument("--family", nargs="+", choices=registry.families(), help="families to check (default: all)")
+    p.add_argument("--family", nargs="+", choices=_families(), help="families to check (default: all)")
     p.add_argument("--case", nargs="+", help="only these case names")
     p.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
     p.add_argument("--json", type=Path, help="write every record as JSON to this file")
     p.add_argument("--full", action="store_true", help="print every record, not the worst per group")
     p.add_argument("--list", action="store_true", help="list the registered cases and exit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stress", action="store_true",
+                   help="the stress points (ill-conditioned, saturated, edge inputs, kernels) against a "
+                        "60-digit oracle (rawflow.check.stress; needs mpmath); --full prints each case")
     return p
+
+
+def _families() -> list[str]:
+    from .stress import families as stress_families
+
+    return sorted(set(registry.families()) | set(stress_families()))
 
 
 def run_check_cli(argv=None) -> int:
@@ -38,6 +48,14 @@ def run_check_cli(argv=None) -> int:
         args = _parser_check().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else 2
+    if args.stress:
+        from .stress import run_stress_cli
+
+        return run_stress_cli(args)
+    if args.family and set(args.family) - set(registry.families()):
+        print(f"rawflow check: {sorted(set(args.family) - set(registry.families()))} are stress families "
+              f"(--stress); registered: {registry.families()}", file=sys.stderr)
+        return 2
     chosen = registry.cases(args.family)
     if args.case:
         unknown = sorted(set(args.case) - {c.name for c in chosen})

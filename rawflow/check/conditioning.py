@@ -188,7 +188,7 @@ class Rebuild:
         if not (self.active or force):
             return out
         delta = self.ulps * eps * self.cond.bound(an.probe.direction).reshape(-1)
-        for prefix in ("grad:", "gradld:"):
+        for prefix in ("grad:", "gradld:") + (("gradout:",) if an.probe.output_only else ()):
             rows = an.grad_rows(prefix)
             out[rows] = np.abs(an.J[rows][:, an.cols("input")]) @ delta
         return out

@@ -8,6 +8,7 @@ the layer returns for fixed cotangents ``(g, gℓ)``::
     logdet                   (N,)
     grad:input, grad:<path>  the VJP of L = Σ g·out + Σ gℓ·logdet   (input first, then each leaf)
     gradld:input, ...        the VJP of Lℓ = Σ gℓ·logdet alone       (the log-det cotangent separately)
+    gradout:input, ...       the VJP of Σ g·out alone (only with ``output_only=True``)
 
 so one derivative column ``∂f/∂w_r`` holds a Jacobian column (``out``, ``logdet`` rows) *and* a
 Hessian column of ``L`` and of ``Lℓ`` (the ``grad`` rows, computed through the hand-written backward).
@@ -64,7 +65,7 @@ def _rebuild(template: dict, values: dict, prefix: str = "") -> dict:
 class Probe:
     """``layer`` in one ``direction`` around ``(u, params)`` with cotangents ``(g, gℓ)``."""
 
-    def __init__(self, layer, params: dict, u, g, glogdet, direction: str, backend=None):
+    def __init__(self, layer, params: dict, u, g, glogdet, direction: str, backend=None, output_only: bool = False):
         if direction not in ("forward", "inverse"):
             raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
         self.layer = layer
@@ -84,7 +85,10 @@ class Probe:
         self.out_shape = tuple(out.shape)
         grads = [(f"grad:{name}", self.in_layout.shapes[name]) for name in self.in_layout.names]
         gradld = [(f"gradld:{name}", self.in_layout.shapes[name]) for name in self.in_layout.names]
-        self.out_layout = Layout([("out", self.out_shape), ("logdet", tuple(logdet.shape))] + grads + gradld)
+        # the output cotangent alone: a term it carries can hide under the log-det's in grad:*
+        self.output_only = bool(output_only)
+        gradout = [(f"gradout:{n}", self.in_layout.shapes[n]) for n in self.in_layout.names] if output_only else []
+        self.out_layout = Layout([("out", self.out_shape), ("logdet", tuple(logdet.shape))] + grads + gradld + gradout)
         self.n_samples = u.shape[0]
 
     # ------------------------------------------------------------------ helpers
@@ -119,7 +123,17 @@ class Probe:
         for p in self.paths:
             parts[f"grad:{p}"] = gp_leaves[p]
             parts[f"gradld:{p}"] = gp0_leaves[p]
-        return {k: to_numpy(v) for k, v in parts.items()}
+        parts = {k: to_numpy(v) for k, v in parts.items()}
+        if self.output_only and np.dtype(dtype).kind == "c":
+            # derivative columns (complex step): the VJP is linear in its cotangent (a structure
+            # check), so Σ g·out's VJP is grad − gradld, and one VJP per column is saved
+            for name in self.in_layout.names:
+                parts[f"gradout:{name}"] = parts[f"grad:{name}"] - parts[f"gradld:{name}"]
+        elif self.output_only:
+            gu1, gp1 = self.vjp(params, cache, g, gl * 0)
+            parts["gradout:input"] = to_numpy(gu1)
+            parts.update({f"gradout:{p}": to_numpy(a) for p, a in tree.leaves(gp1)})
+        return parts
 
     def __call__(self, w: np.ndarray, dtype=None) -> np.ndarray:
         """``f(w)`` as a flat vector (complex if ``w`` is)."""

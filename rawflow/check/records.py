@@ -46,6 +46,7 @@ class Record:
     expected: float | None = None
     ulps: float | None = None
     kappa: float | None = None  # the condition estimate used, where one enters the bound
+    bound: float | None = None  # conditioning bound eps·T at the worst element (same units as max_abs_err)
     n: int = 0  # elements compared
     note: str = ""
     worst: list = field(default_factory=list)  # up to KEEP_WORST dicts {index, actual, expected, abs_err, tol}
@@ -295,6 +296,9 @@ class Report:
                 out.append(f"    note: {r.note}")
             if r.kappa is not None:
                 out.append(f"    condition estimate κ = {r.kappa:.3g}")
+            if r.bound is not None:
+                out.append(f"    conditioning bound at the worst element: eps·T = {r.bound:.3g} "
+                           f"(error {r.max_abs_err:.3g})")
             if r.worst_index is not None:
                 out.append(
                     f"    worst at {tuple(r.worst_index)}: actual {r.actual!r}, expected {r.expected!r}, "

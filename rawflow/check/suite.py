@@ -45,6 +45,8 @@ are first rounded to float32, so float64 and float32 are compared at the same po
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from .. import tree
@@ -68,6 +70,9 @@ RTOL_FD = {"complex-step": 0.0, "richardson": 1e-10, "central": 1e-8}
 RTOL_FD_PRIMARY = 1e-8
 #: float32 vs float64: ``C32·eps32·T`` (a handful of roundings per term, see module docstring)
 C32 = 16
+#: from this condition estimate on, check_bijector adds the 60-digit oracle's records (the
+#: complex step's own error grows like eps·κ; at κ ≈ 1e12 its Hessian symmetry misses 1e-12)
+PRECISE_KAPPA = 1e8
 #: round trip: ulps of the conditioning-weighted size (see _Conditioning: 4 ulp in float64, 8 in float32)
 ROUNDTRIP_ULPS = {"float64": 4, "float32": 8}
 
@@ -87,6 +92,7 @@ def check_bijector(
     fd_columns: int | None = 64,
     seed: int = 0,
     name: str | None = None,
+    precise: bool | None = None,
 ) -> Report:
     """Check ``layer`` (any object with ``forward``/``inverse``/``backward``/``inverse_backward``).
 
@@ -98,6 +104,10 @@ def check_bijector(
     or ``"richardson"``. ``fd_columns`` limits the difference oracles (cross-checks) to that many
     random columns (the primary oracle always covers every column). ``dtypes`` picks the precisions
     whose results are checked; the oracles themselves always run in float64/complex128.
+    ``precise`` adds :func:`~rawflow.check.precise.check_precise`'s records (every result against
+    the layer's own code at 60 digits, beside its bound ``eps·T``); by default (``None``) where
+    the complex step is limited by conditioning, ``κ ≥`` :data:`PRECISE_KAPPA`, if mpmath is
+    installed.
     Returns a :class:`~rawflow.check.records.Report` (truthy when all pass).
     """
     name = name or getattr(layer, "name", type(layer).__name__)
@@ -160,6 +170,13 @@ def check_bijector(
     for an in analyses.values():
         for note in an.notes:
             report.meta.setdefault("notes", []).append(f"{an.probe.direction}: {note}")
+    if precise is None:
+        precise = report.meta["kappa_max"] >= PRECISE_KAPPA and importlib.util.find_spec("mpmath") is not None
+    if precise:
+        from .precise import check_precise
+
+        report.extend(check_precise(layer, params, x, dtypes=dtypes, directions=directions, structure=False,
+                                    seed=seed, name=name))
     return report
 
 

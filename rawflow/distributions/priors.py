@@ -27,6 +27,7 @@ All log-densities are analytic in ``z`` and the parameters (complex-step safe).
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from typing import Sequence
 
@@ -34,6 +35,8 @@ import numpy as np
 
 from .. import tree as _tree
 from .._array import Array, namespace, softplus
+from .._checks import (Cache, MissingRng, check_array, check_count, check_positive_finite, check_rng,
+                       check_vector, open_cache)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -41,10 +44,12 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class Prior(ABC):
     """Base class: validation and the sampling plumbing; subclasses provide the maths.
 
-    Subclasses implement ``_log_prob(params, z) -> (lp, cache)`` with ``cache`` a tuple whose
-    first element is ``z`` (the base class reads the batch size from it), ``_backward``,
-    ``_draw`` (a host draw of the standardised variable at temperature ``T``), and optionally
-    ``_init``, ``_finish`` (location/scale of learned priors) and ``_check_call``.
+    Subclasses implement ``_log_prob(params, z) -> (lp, cache)``, ``_backward``, ``_draw`` (a host
+    draw of the standardised variable at temperature ``T``), :meth:`param_spec` (the shapes of
+    the learned parameters; ``{}`` when nothing is learned), and optionally ``_init`` and
+    ``_finish`` (location/scale of learned priors). The public methods check every argument as a
+    layer does (:mod:`rawflow.bijectors.bijector`): parameters against :meth:`param_spec`, the
+    cache returned by ``log_prob`` (wrapped in a :class:`~rawflow._checks.Cache`), the cotangent.
     """
 
     event_shape: tuple = ()
@@ -65,11 +70,22 @@ class Prior(ABC):
     def __repr__(self) -> str:
         return f"{self.name}(event_shape={self.event_shape})"
 
+    def param_spec(self) -> dict:
+        """Shapes of the learned parameters (``{}`` when nothing is learned). The default,
+        :data:`rawflow.tree.ANY`, is for user priors that declare none."""
+        return _tree.ANY
+
     # ------------------------------------------------------------------ public, validated
-    def init(self, rng: np.random.Generator, z: Array) -> dict:
+    def init(self, rng: np.random.Generator | None, z: Array) -> dict:
         """Learned parameters in ``z``'s dtype and namespace (``{}`` when nothing is learned)."""
+        if rng is None:
+            rng = MissingRng(self.name)
+        else:
+            check_rng(self.name, rng)
         self._check_array(z, "input")
-        return self._init(rng, z)
+        params = self._init(rng, z)
+        _tree.check(self.name, params, self.param_spec(), z.dtype, what="initialised parameter")
+        return params
 
     def log_prob(self, params: dict, z: Array, *, check_finite: bool = True):
         """``(lp, cache)`` with ``lp = log π(z): (N,)``.
@@ -79,14 +95,15 @@ class Prior(ABC):
         the flow's parameters, reported by the loss, not a bad input.
         """
         self._check_call(params, z, check_finite)
-        return self._log_prob(params, z)
+        lp, cache = self._log_prob(params, z)
+        return lp, Cache(self, z.shape, lp.shape, z.dtype, cache)
 
     def backward(self, params: dict, cache, glp: Array):
         """VJP of ``log_prob``: ``(gz, gparams)`` given the cotangent ``glp: (N,)``."""
-        n = cache[0].shape[0]
-        if not hasattr(glp, "shape") or tuple(glp.shape) != (n,):
-            raise self._error(f"log-prob cotangent must have shape ({n},), got {getattr(glp, 'shape', glp)}")
-        return self._backward(params, cache, glp)
+        value = open_cache(self, self.name, cache, None, "z", "log_prob")
+        check_vector(self.name, glp, "log-prob cotangent", cache.z_shape[0], cache.dtype)
+        self._check_params(params, cache.dtype)
+        return self._backward(params, value, glp)
 
     def sample(
         self,
@@ -102,13 +119,14 @@ class Prior(ABC):
         ``shape`` gives the concrete event shape where ``event_shape`` has ``None`` entries. The draw
         lands in ``like``'s namespace/dtype, else the parameters', else NumPy float64.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise self._error(f"number of samples must be a non-negative integer, got {n!r}")
-        if not (isinstance(temperature, (int, float, np.floating)) and temperature > 0
-                and math.isfinite(temperature)):
-            raise self._error(f"temperature must be a positive finite number, got {temperature!r}")
+        n = check_count(self.name, n, "number of samples")
+        temperature = check_positive_finite(self.name, temperature, "temperature")
+        check_rng(self.name, rng)
+        if like is not None:
+            check_array(self.name, like, "like", None, finite=False)
+        self._check_params(params, None if like is None else like.dtype)
         event = self._concrete_shape(shape)
-        draw = self._draw(rng, (int(n),) + event, float(temperature))
+        draw = self._draw(rng, (n,) + event, temperature)
         ref = like if like is not None else next((a for _, a in _tree.leaves(params)), None)
         if ref is None:
             return self._finish(params, draw)
@@ -146,7 +164,10 @@ class Prior(ABC):
                     f"event_shape {self.event_shape} has free axes; pass shape= to sample"
                 )
             return self.event_shape
-        shape = tuple(int(d) for d in shape)
+        try:
+            shape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            raise self._error(f"sample shape must be a sequence of integers, got {shape!r}") from None
         if len(shape) != len(self.event_shape) or any(
             e is not None and e != d for d, e in zip(shape, self.event_shape)
         ) or any(d < 1 for d in shape):
@@ -154,28 +175,14 @@ class Prior(ABC):
         return shape
 
     def _check_array(self, z, what: str, check_finite: bool = True) -> None:
-        if not hasattr(z, "shape") or not hasattr(z, "dtype"):
-            raise self._error(f"{what} must be an array, got {type(z).__name__}")
-        if z.ndim != 1 + len(self.event_shape):
-            raise self._error(
-                f"{what} must have {1 + len(self.event_shape)} dimensions (N, *{self.event_shape}), "
-                f"got shape {tuple(z.shape)}"
-            )
-        for axis, (have, want) in enumerate(zip(z.shape[1:], self.event_shape), start=1):
-            if want is not None and have != want:
-                raise self._error(f"{what} has size {have} on axis {axis}, expected {want}")
-        if np.dtype(z.dtype).kind not in "fc":
-            raise self._error(f"{what} must be a floating-point array, got dtype {z.dtype}")
-        if check_finite and not bool(namespace(z).isfinite(z).all()):
-            raise self._error(f"{what} contains NaN or Inf")
+        check_array(self.name, z, what, self.event_shape, finite=check_finite)
+
+    def _check_params(self, params, dtype) -> None:
+        _tree.check(self.name, params, self.param_spec(), dtype)
 
     def _check_call(self, params, z, check_finite: bool = True) -> None:
         self._check_array(z, "input", check_finite)
-        for path, leaf in _tree.leaves(params):
-            if leaf.dtype != z.dtype:
-                raise self._error(
-                    f"parameter '{path}' has dtype {leaf.dtype} but the input has dtype {z.dtype}"
-                )
+        self._check_params(params, z.dtype)
 
 
 def _row_sum(a: Array) -> Array:
@@ -186,13 +193,36 @@ def _per_row(g: Array, like: Array) -> Array:
     return g.reshape((g.shape[0],) + (1,) * (like.ndim - 1))
 
 
+def _half_sum_squares(u: Array) -> Array:
+    """``Σ u²/2`` per sample, overflowing only where the sum itself does.
+
+    The plain ``0.5·Σ u·u`` (used whenever it is finite, so results are unchanged) overflows once
+    ``|u| > 1.3e154`` although ``u²/2`` is a float up to ``|u| = 1.9e154``; those samples are
+    redone as ``(m·(Σ(u/m)²/2))·m`` with ``m = max|u|``, which overflows only past the range.
+    """
+    xp = namespace(u)
+    out = 0.5 * _row_sum(u * u)
+    fix = ~xp.isfinite(out)
+    if not bool(fix.any()):
+        return out
+    m = xp.abs(u).reshape(u.shape[0], -1).max(axis=1)
+    fix = fix & xp.isfinite(m)
+    m = xp.where(fix, m, 1)
+    v = u / _per_row(m, u)
+    scaled = (m * (0.5 * _row_sum(v * v))) * m
+    return xp.where(fix, scaled, out)
+
+
 class StandardNormal(Prior):
     """``z ~ N(0, I)``: ``log π(z) = Σ(−z²/2) − D·log(2π)/2``; temperature ``T`` draws ``N(0, T²I)``."""
+
+    def param_spec(self) -> dict:
+        return {}
 
     def _log_prob(self, params, z):
         # Σ(z²)/2 + D·c, not Σ(z²/2 + c): one rounding of the constant per sample.
         d = math.prod(z.shape[1:])
-        return -0.5 * _row_sum(z * z) - d * _HALF_LOG_2PI, (z,)
+        return -_half_sum_squares(z) - d * _HALF_LOG_2PI, (z,)
 
     def _backward(self, params, cache, glp):
         (z,) = cache
@@ -204,6 +234,9 @@ class StandardNormal(Prior):
 
 class StandardLogistic(Prior):
     """NICE's prior: ``log π(z) = Σ −softplus(z) − softplus(−z)``; ``T`` scales the logistic scale."""
+
+    def param_spec(self) -> dict:
+        return {}
 
     def _log_prob(self, params, z):
         return -_row_sum(softplus(z) + softplus(-z)), (z,)
@@ -235,15 +268,8 @@ class DiagonalGaussian(Prior):
             "log_std": xp.zeros(self.param_shape, dtype=z.dtype),
         }
 
-    def _check_call(self, params, z, check_finite: bool = True) -> None:
-        super()._check_call(params, z, check_finite)
-        if set(params) != {"mean", "log_std"}:
-            raise self._error(f"params must have keys 'mean' and 'log_std', got {sorted(params)}")
-        for key in ("mean", "log_std"):
-            if tuple(params[key].shape) != self.param_shape:
-                raise self._error(
-                    f"parameter '{key}' has shape {tuple(params[key].shape)}, expected {self.param_shape}"
-                )
+    def param_spec(self) -> dict:
+        return {"mean": self.param_shape, "log_std": self.param_shape}
 
     def _log_prob(self, params, z):
         xp = namespace(z)
@@ -251,7 +277,7 @@ class DiagonalGaussian(Prior):
         u = (z - params["mean"]) * inv_std
         # Σℓ counted once per broadcast copy: ℓ broadcast to z's event shape before the sum.
         copies = math.prod(z.shape[1:]) // math.prod(self.param_shape)
-        lp = -0.5 * _row_sum(u * u) - copies * params["log_std"].sum() - math.prod(z.shape[1:]) * _HALF_LOG_2PI
+        lp = -_half_sum_squares(u) - copies * params["log_std"].sum() - math.prod(z.shape[1:]) * _HALF_LOG_2PI
         return lp, (z, u, inv_std)
 
     def _backward(self, params, cache, glp):
@@ -294,9 +320,12 @@ class Uniform(Prior):
     def __repr__(self) -> str:
         return f"Uniform(event_shape={self.event_shape}, low={self.low}, high={self.high})"
 
+    def param_spec(self) -> dict:
+        return {}
+
     def _log_prob(self, params, z):
         xp = namespace(z)
-        inside = ((z.real >= self.low) & (z.real <= self.high)).reshape(z.shape[0], -1).all(axis=1)
+        inside = ((z.real >= self.low) & (z.real <= self.high)).all(axis=tuple(range(1, z.ndim)))
         d = math.prod(z.shape[1:])
         log_density = xp.asarray(-d * math.log(self.high - self.low), dtype=z.dtype)
         lp = xp.where(inside, log_density, xp.asarray(-xp.inf, dtype=z.dtype))

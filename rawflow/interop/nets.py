@@ -33,7 +33,7 @@ import numpy as np
 from .._array import Array, namespace
 from ..nets.cnn import Act  # noqa: F401 - re-exported: the interop nets are built from it
 from ..nets.cnn import _Sequential
-from ..nets.mlp import Activation
+from ..nets.mlp import Activation, conditioner_spec
 
 
 class Parallel:
@@ -50,6 +50,13 @@ class Parallel:
         self.in_features = ins.pop()
         self.sizes = [int(n.out_features) for n in nets]
         self.out_features = sum(self.sizes)
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(getattr(net, "data_dependent", False) for net in self.nets)
+
+    def param_spec(self) -> dict:
+        return {str(i): conditioner_spec(net) for i, net in enumerate(self.nets)}
 
     def init(self, rng, x):
         return {str(i): net.init(rng, x) for i, net in enumerate(self.nets)}
@@ -103,6 +110,17 @@ class ResidualMLP:
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.hidden, self.blocks = int(hidden), int(blocks)
         self.activation = Activation(activation, slope)
+
+    data_dependent = False
+
+    def param_spec(self) -> dict:
+        hd = self.hidden
+        spec = {"in": {"w": (hd, self.in_features), "b": (hd,)}}
+        if self.blocks:
+            spec["blocks"] = {str(k): {str(j): {"w": (hd, hd), "b": (hd,)} for j in range(2)}
+                              for k in range(self.blocks)}
+        spec["out"] = {"w": (self.out_features, hd), "b": (self.out_features,)}
+        return spec
 
     def init(self, rng, x):
         xp, dt, hd = namespace(x), x.dtype, self.hidden

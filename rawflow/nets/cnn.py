@@ -74,6 +74,14 @@ class Conv2d:
         self.in_features, self.out_features = int(in_channels), int(out_channels)
         self.kernel, self.bias, self.init_kind = int(kernel), bool(bias), init
 
+    data_dependent = False
+
+    def param_spec(self) -> dict:
+        spec = {"w": (self.out_features, self.in_features, self.kernel, self.kernel)}
+        if self.bias:
+            spec["b"] = (self.out_features,)
+        return spec
+
     def init(self, rng: np.random.Generator, x: Array) -> dict:
         xp = namespace(x)
         shape = (self.out_features, self.in_features, self.kernel, self.kernel)
@@ -109,6 +117,12 @@ class ZeroConv2d:
         self.in_features, self.out_features = int(in_channels), int(out_channels)
         self.kernel, self.logscale_factor = int(kernel), float(logscale_factor)
 
+    data_dependent = False
+
+    def param_spec(self) -> dict:
+        c_out = self.out_features
+        return {"w": (c_out, self.in_features, self.kernel, self.kernel), "b": (c_out,), "logs": (c_out,)}
+
     def init(self, rng: np.random.Generator, x: Array) -> dict:
         xp = namespace(x)
         c_in, c_out, k = self.in_features, self.out_features, self.kernel
@@ -140,7 +154,16 @@ class ChannelNorm:
         self.in_features = self.out_features = int(channels)
         self.eps = float(eps)
 
+    #: ``init`` measures the example batch's per-channel mean and spread.
+    data_dependent = True
+
+    def param_spec(self) -> dict:
+        return {"b": (self.in_features,), "logs": (self.in_features,)}
+
     def init(self, rng: np.random.Generator, x: Array) -> dict:
+        if x.shape[0] * x.shape[2] * x.shape[3] == 0:
+            raise ValueError(f"ChannelNorm: data-dependent init needs a non-empty example batch, got shape "
+                             f"{tuple(x.shape)}")
         xp = namespace(x)
         mean = x.mean(axis=(0, 2, 3))
         centred = x - _per_channel(mean)
@@ -166,6 +189,11 @@ class Act:
     def __init__(self, name: str = "relu", slope: float = 0.01):
         self.activation = Activation(name, slope)
 
+    data_dependent = False
+
+    def param_spec(self):
+        return None
+
     def init(self, rng, x):
         return None
 
@@ -183,6 +211,15 @@ class _Sequential:
 
     def __init__(self, layers):
         self.layers = list(layers)
+
+    @property
+    def data_dependent(self) -> bool:
+        return any(layer.data_dependent for _, layer in self.layers)
+
+    def param_spec(self) -> dict:
+        """Parameter shapes by layer name (parameter-free layers have no entry)."""
+        specs = ((name, layer.param_spec()) for name, layer in self.layers)
+        return {name: spec for name, spec in specs if spec is not None}
 
     def init(self, rng, x):
         params = {}
@@ -236,6 +273,9 @@ class _Network(_Sequential):
             raise ValueError(
                 f"{type(self).__name__}: input must be (N, {self.in_features}, H, W), got {tuple(x.shape)}"
             )
+        if self.data_dependent and x.size == 0:
+            raise ValueError(f"{type(self).__name__}: data-dependent init (its ChannelNorm layers) needs a "
+                             f"non-empty example batch, got shape {tuple(x.shape)}")
         return super().init(rng, x)
 
 

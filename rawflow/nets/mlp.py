@@ -7,7 +7,9 @@ Protocol (any object with these methods can be passed to a coupling):
     y, cache = net.apply(params, x)         # y: (N, out_features)
     gx, gparams = net.backward(params, cache, gy)
 
-The last layer is zero-initialised, so a fresh coupling is exactly the identity map.
+The last layer is zero-initialised, so a fresh coupling is exactly the identity map. A network
+may also declare ``param_spec()`` (the tree of its parameter shapes) and ``data_dependent`` (whether
+``init`` measures its example batch); the layers that hold it check parameters against the spec.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import tree
 from .._array import Array, namespace, sech2
+
+
+def conditioner_spec(net) -> tree.Spec:
+    """``net.param_spec()``, or :data:`rawflow.tree.ANY` for a network that declares none."""
+    spec = getattr(net, "param_spec", None)
+    return spec() if callable(spec) else tree.ANY
 
 
 class Activation:
@@ -67,6 +76,14 @@ class MLP:
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.widths = [self.in_features, *map(int, hidden), self.out_features]
         self.activation = Activation(activation, slope)
+
+    #: ``init`` draws from the generator only; no statistic of the example batch is used.
+    data_dependent = False
+
+    def param_spec(self) -> dict:
+        """Parameter shapes: ``{"i": {"w": (out, in), "b": (out,)}}`` per linear layer."""
+        return {str(i): {"w": (fan_out, fan_in), "b": (fan_out,)}
+                for i, (fan_in, fan_out) in enumerate(zip(self.widths[:-1], self.widths[1:]))}
 
     def init(self, rng: np.random.Generator, x: Array) -> dict:
         xp = namespace(x)

@@ -29,6 +29,7 @@ from scipy.linalg import solve_triangular
 from .._array import Array, namespace, to_numpy
 from ..distributed.comm import Communicator
 from ..distributed.parallel import DataParallel, check_replicas, global_sum, shard_bounds
+from .._checks import array_problem, check_count, check_rng
 from ..models.model import FlowModel
 from .optim import Optimizer, clip_grad_norm, global_norm
 
@@ -109,6 +110,8 @@ def train(
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
+    _check_data("train", data)
+    check_rng("train", rng)
     n = data.shape[0]
     if loader is None:
         loader = EpochLoader(n, batch_size)
@@ -153,7 +156,10 @@ def train(
                     "max_grad_norm, or a bounded scale map",
                     t + 1, losses[:t].copy(), params, opt_state, loss, norm,
                 )
-            params, opt_state = optimizer.update(params, grads, opt_state)
+            # The first update checks params, grads and opt_state; later ones get only trees that
+            # the model and the optimiser made from them (finiteness checked just above).
+            step_fn = optimizer.update if t == 0 else optimizer._step
+            params, opt_state = step_fn(params, grads, opt_state)
             if dp is not None:
                 dp.after_step(t + 1, params)
             losses[t] = loss
@@ -181,18 +187,33 @@ def _progress(total: int):
 
 def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 4096,
                  comm: Communicator | None = None) -> float:
-    """Mean NLL (nats per sample) over ``data``, in batches.
+    """Mean NLL (nats per sample) over ``data``, in batches; an empty ``data`` raises ``ValueError``.
 
     With ``comm`` each rank evaluates a contiguous share of the rows and the sums of ``log p`` are
     added in rank order (:func:`~rawflow.distributed.parallel.global_sum`); every rank returns the
     same value, equal to the single-process one to round-off.
     """
+    _check_data("evaluate_nll", data)
+    check_count("evaluate_nll", batch_size, "batch_size")
+    if batch_size == 0:
+        raise ValueError("evaluate_nll: batch_size must be positive, got 0")
     n = data.shape[0]
     lo, hi = (0, n) if comm is None else shard_bounds(comm, n)
     total = 0.0
     for start in range(lo, hi, batch_size):
         total += float(model.log_prob(params, data[start:min(start + batch_size, hi)]).sum())
     return -global_sum(comm, total, "the held-out log-likelihood sum") / n
+
+
+def _check_data(name: str, data) -> None:
+    """``data`` is an array with at least one row (the mean NLL of no samples is undefined).
+
+    Its dtype is left to the model (``train``'s ``batch_fn`` may turn integer images into floats)."""
+    problem = array_problem(data)
+    if problem:
+        raise ValueError(f"{name}: data {problem}")
+    if data.ndim < 1 or data.shape[0] == 0:
+        raise ValueError(f"{name}: data is empty (shape {tuple(data.shape)}): the mean NLL of no samples is undefined")
 
 
 def gaussian_baseline_nll(train_data, test_data) -> float:

@@ -79,19 +79,39 @@ class Optimizer(ABC):
         return lr
 
     def init(self, params: dict) -> dict:
+        _tree.check(self.name, params, _tree.ANY)
         state = {key: _tree.zeros_like(params) for key in self._slots()}
         state["step"] = np.zeros((), dtype=np.int64)
         return state
 
     def update(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        want = _tree.structure(params)
-        if _tree.structure(grads) != want:
-            raise self._error("grads do not have the structure of params")
+        """One step: new ``(params, state)``. ``params`` must be a tree of finite arrays of one
+        dtype; ``grads`` and every state slot must have its structure (keys, shapes, dtype) and be
+        finite (one NaN would silently poison every parameter it reaches)."""
+        _tree.check(self.name, params, _tree.ANY)
+        dtype = next((a.dtype for _, a in _tree.leaves(params)), None)
+        spec = _tree.shapes(params)
+        try:
+            _tree.check(self.name, grads, spec, dtype, what="gradient", root="grads")
+        except ValueError as e:
+            raise self._error(f"grads do not have the structure of params: {_detail(e)}") from None
+        if not isinstance(state, dict):
+            raise self._error(f"state must be a dict (from {self.name}.init), got {type(state).__name__}")
         for key in self._slots():
-            if key not in state or _tree.structure(state[key]) != want:
-                raise self._error(f"state slot '{key}' does not match params (state from another model?)")
-        if "step" not in state:
-            raise self._error("state has no 'step' counter")
+            try:
+                _tree.check(self.name, state.get(key), spec, dtype, what=f"state '{key}' entry",
+                            root=f"state slot '{key}'")
+            except ValueError as e:
+                raise self._error(f"state slot '{key}' does not match params (state from another model?): "
+                                  f"{_detail(e)}") from None
+        step = state.get("step")
+        if not (isinstance(step, np.ndarray) and step.shape == () and step.dtype.kind in "iu" and int(step) >= 0):
+            raise self._error(f"state has no valid 'step' counter (a non-negative 0-d integer array), got {step!r}")
+        return self._step(params, grads, state)
+
+    def _step(self, params: dict, grads: dict, state: dict) -> tuple[dict, dict]:
+        """:meth:`update` without its checks, for a caller that made them (``train`` checks its
+        first step; later steps only see trees that step produced)."""
         t = int(state["step"]) + 1
         new_params, new_state = self._update(params, grads, state, t)
         new_state["step"] = np.asarray(t, dtype=np.int64)
@@ -103,6 +123,11 @@ class Optimizer(ABC):
     @abstractmethod
     def _update(self, params, grads, state, t):
         ...
+
+
+def _detail(error: ValueError) -> str:
+    """The message of a tree check without its ``"<owner>: "`` prefix."""
+    return str(error).split(": ", 1)[-1]
 
 
 def _betas(name: str, betas) -> tuple[float, float]:

@@ -161,3 +161,28 @@ def test_float32_gradients_track_float64(case, direction):
     for path, leaf in tree.leaves(gp64):
         assert tree.get(gp32, path).dtype == np.float32
         assert rel_err(tree.get(gp32, path), leaf) <= bound, path
+
+
+def test_affine_transform_takes_overflowing_scales_in_log_space():
+    """Issue 14, item 5: where ``s = exp(h)`` overflows or underflows, ``x_b·s`` is
+    ``sign(x_b)·exp(log|x_b| + h)``: finite wherever the exact product is (and ``0·s = 0``, not
+    NaN); elsewhere the result is the plain ``x_b·s + t`` bit for bit."""
+    from rawflow import AffineTransform
+
+    t = AffineTransform("exp")
+    xb = np.array([[0.0, 1e-200, 2.0, -1e-300, 1e300]])
+    hs = np.array([[800.0, 800.0, 3.0, 720.0, -800.0]])
+    h = np.concatenate([hs, np.full_like(hs, 0.5)], axis=1)
+    with np.errstate(over="ignore", under="ignore"):
+        y, ld, _ = t.forward(xb, h)
+        x_back, ld_inv, _ = t.inverse(y, h)
+    want = [0.5, 1e-200 * np.exp(400.0) * np.exp(400.0) + 0.5, 2.0 * np.exp(3.0) + 0.5,
+            -np.exp(np.log(1e-300) + 720.0) + 0.5, np.exp(np.log(1e300) - 800.0) + 0.5]
+    np.testing.assert_allclose(y[0], want, rtol=4e-13)
+    assert y[0, 2] == 2.0 * np.exp(3.0) + 0.5  # the regular path is untouched
+    np.testing.assert_allclose(x_back[0, 1:4], xb[0, 1:4], rtol=4e-13)
+    assert x_back[0, 0] == 0.0 and ld[0] + ld_inv[0] == 0
+    # a batch without any overflow: bit for bit the plain formula
+    rng = np.random.default_rng(0)
+    xb, h = rng.normal(size=(3, 4)), rng.normal(size=(3, 8))
+    assert np.array_equal(t.forward(xb, h)[0], xb * np.exp(h[:, :4]) + h[:, 4:])

@@ -413,5 +413,5 @@ def test_top_prior_bad_inputs_raise():
     params = prior.init(rng, z)
     with pytest.raises(ValueError, match="GlowTopPrior: input has size 3 on axis 1"):
         prior.log_prob(params, rng.normal(size=(1, 3, 2, 2)))
-    with pytest.raises(ValueError, match="GlowTopPrior: params must be"):
+    with pytest.raises(ValueError, match="GlowTopPrior: parameter 'logs' is missing"):
         prior.log_prob({"b": params["b"]}, z)

@@ -134,3 +134,21 @@ def test_chain_of_squeezes_reaches_one_pixel():
     z, logdet, _ = chain.forward({"0": {}, "1": {}}, x)
     assert z.shape == (2, 16, 1, 1) and not np.any(logdet)
     assert np.array_equal(chain.inverse({"0": {}, "1": {}}, z)[0], x)
+
+
+# ---------------------------------------------------------------- Flatten's output shape (issue 14, item 4)
+def test_flatten_output_shape_and_chains_that_hold_one():
+    from rawflow import ActNorm, Flatten, MultiScale, Split, nice_images
+
+    assert Flatten((2, 3, 4)).output_shape((2, 3, 4)) == (24,)
+    with pytest.raises(ValueError, match=r"Flatten: built for events of shape \(2, 3, 4\), got \(2, 4, 3\)"):
+        Flatten((2, 3, 4)).output_shape((2, 4, 3))
+    assert nice_images((1, 4, 4), 2, hidden=(4,)).output_shape((1, 4, 4)) == (16,)
+    # a multi-scale flow whose last level ends in a Flatten
+    levels = [Chain([Squeeze(1), Split(4)]), Chain([ActNorm(2, spatial=2), Flatten((2, 2, 2))])]
+    flow = MultiScale(levels, keep=[2], image_shape=(1, 4, 4))
+    assert flow.level_out == [(4, 2, 2), (8,)]
+    assert flow.output_shape((1, 4, 4)) == (16,)
+    x = np.random.default_rng(0).normal(size=(2, 1, 4, 4))
+    params = flow.init(np.random.default_rng(1), x)
+    assert flow.forward(params, x)[0].shape == (2, 16)

@@ -305,3 +305,19 @@ def test_check_finite_false_scores_overflowed_latents():
     assert lp[0] == -np.inf and lp[1] == 0
     with pytest.raises(ValueError, match="StandardNormal.*NaN or Inf"):
         StandardNormal((2,)).log_prob({}, z)
+
+
+@pytest.mark.parametrize("prior", [StandardNormal((3,)), DiagonalGaussian((3,))])
+def test_gaussian_log_prob_overflows_only_where_its_value_does(prior):
+    """Issue 14, item 5: ``Σz²/2`` is a float up to ``|z| ≈ 1.9e154`` though ``z²`` overflows past
+    1.3e154; the priors rescale those samples (and only those: other rows are bit for bit the
+    plain sum). Beyond that the log-density is below −1.8e308 and −inf is its float."""
+    params = prior.init(np.random.default_rng(0), np.zeros((1, 3)))
+    z = np.array([[1.5e154, 0.0, 0.0], [1e154, 1e154, 1.0], [3e154, 0.0, 0.0], [0.5, -1.0, 2.0]])
+    with np.errstate(over="ignore"):
+        lp, _ = prior.log_prob(params, z)
+    c = 1.5 * math.log(2 * math.pi)
+    assert lp[0] == pytest.approx(-(0.5 * 1.5e154) * 1.5e154 - c, rel=4e-16)
+    assert lp[1] == pytest.approx(-1e308 - 0.5 - c, rel=4e-16)
+    assert lp[2] == -np.inf
+    assert lp[3] == -0.5 * (0.25 + 1.0 + 4.0) - 3 * (0.5 * math.log(2 * math.pi))

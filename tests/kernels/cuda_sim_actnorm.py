@@ -61,8 +61,10 @@ def oracle(x, bias, log_scale, g, gl, z_point, x_point):
     params = {"bias": B, "log_scale": LS}
     E = np.exp(LS)
     p = int(np.prod(x.shape[2:]))
-    z, logdet, _ = layer.forward(params, X)
-    xi, logdet_inv, _ = layer.inverse(params, X)
+    # The unchecked methods: the public ones refuse long double (one dtype rule, issue 13); the
+    # reference code computes in whatever dtype it is handed, which is what this oracle needs.
+    z, logdet, _ = layer._forward(params, X)
+    xi, logdet_inv, _ = layer._inverse(params, X)
     gx, gp = layer._backward(params, (ZP / view(E, X), ZP, E), G, GL)
     gz, gpi = layer._inverse_backward(params, (XP + view(B, X), None, E), G, GL)
     gl_terms = p * np.sum(np.abs(GL))
@@ -192,8 +194,27 @@ def run_validation() -> None:
         FAILURES.append(f"validation case {i}: no ValueError")
 
 
+def run_empty() -> None:
+    """An empty batch (N = 0, issue 13's rule): empty outputs, exactly zero parameter gradients."""
+    from numba import cuda
+
+    from rawflow.kernels import cuda_actnorm as G
+
+    dev = _with(G, cuda, threads=16)
+    for dtype in (np.float64, np.float32):
+        for shape in ((0, 3), (0, 2, 3, 4)):
+            c, x = shape[1], np.empty(shape, dtype)
+            got = run_kernels(dev, x, np.ones(c, dtype), np.full(c, 0.5, dtype), x, np.empty(0, dtype))
+            for k, v in got.items():
+                want = (c,) if " g " in k else (0,) if "logdet" in k else shape
+                check(v.shape == want and v.dtype == dtype, f"empty batch {shape} {k}: shape {v.shape}")
+                if " g " in k:
+                    check(not np.any(v), f"empty batch {shape} {k}: {v} is not zero")
+
+
 def simulate() -> dict:
     try:
+        run_empty()
         for dtype in (np.float64, np.float32):
             run_case(dtype, (5, 3), seed=1 + (dtype == np.float32))  # vectors: 3 row blocks
             # P = 21 > threads: planes straddle blocks; also run with another launch shape

@@ -111,6 +111,40 @@ def run_case(dtype, scale: str, c: float, seed: int, shape=(3, 45), *, api=G, to
     check(np.array_equal(host(y1), y) and np.array_equal(host(ld1), ld), f"{tag}: result depends on the grid size")
 
 
+STRESS: list = []  # the stress cases run (names)
+
+
+def run_stress(api=G, to_device=cuda.to_device, to_host=host, threads=THREADS, blocks=1, label="cuda",
+               cases=(("exp", (3, 5)), ("bounded", (3, 5)), ("sigmoid", (3, 5)))) -> None:
+    """Issue 14, item 8: the stress points of :mod:`rawflow.check.stress` (``|h_s|`` up to 30 for
+    every scale map, rows at 1e-6 / 1 / 8) through the device kernels, judged against the
+    reference transform's 60-digit oracle and its conditioning bounds (``16·eps·T``), both dtypes,
+    both directions, every VJP (the log-det cancellation is :func:`run_case`'s). One block and
+    three cases: the simulator runs each thread as a Python thread (a forward launch with its
+    log-det reduction takes ~1 s); the CUDA C emulator's test adds batches of 1 and both load paths.
+    Needs mpmath."""
+    try:
+        import mpmath  # noqa: F401
+    except ImportError:
+        return
+    from rawflow import AffineTransform
+    from rawflow.check import check_precise
+    from rawflow.check.stress import KernelTransformLayer, TransformLayer, transform_points
+
+    for i, (scale, shape) in enumerate(cases):
+        x, h = transform_points(scale, shape, seed=500 + i)
+        ref = TransformLayer(AffineTransform(scale))
+        dev = KernelTransformLayer(api, scale, to_device=to_device, to_host=to_host, threads=threads, blocks=blocks)
+        report = check_precise(ref, {"h": h}, x, variants={"reference": ref, label: dev}, structure=False,
+                               verify_oracle=False, name=f"stress-{scale}-{shape[0]}x{shape[1]}")
+        FAILURES.extend(f"{label} stress: {r.line()}" for r in report.failures())
+        for dtype in ("float64", "float32"):
+            worst = report.worst(check="precise", dtype=dtype, layer=f"{report.meta['layer']}[{label}]")
+            # in units of the conditioning bound eps·T (the check's bar is 16)
+            note(f"{label} stress {scale} {dtype} err/(eps·T)", worst.max_rel_err / np.finfo(dtype).eps, 16.0)
+        STRESS.append(report.meta["layer"])
+
+
 def run_validation() -> None:
     x = cuda.to_device(np.ones((2, 4)))
     h = cuda.to_device(np.ones((2, 8)))
@@ -133,8 +167,30 @@ def run_validation() -> None:
         FAILURES.append(f"validation case {i}: no ValueError")
 
 
+def run_empty(*, api=G, to_device=cuda.to_device, to_host=host, label="") -> None:
+    """An empty batch (N = 0, issue 13's rule): every entry point returns correctly shaped empty
+    outputs, vectors and images, both dtypes."""
+    for dtype in (np.float64, np.float32):
+        for shape in ((0, 45), (0, 2, 3, 4)):
+            x = np.empty(shape, dtype)
+            h = np.empty((0, 2 * shape[1]) + shape[2:], dtype)
+            dx, dh, dgl = to_device(x), to_device(h), to_device(np.empty(0, dtype))
+            outs = {
+                "forward": api.affine_forward(dx, dh, "exp"),
+                "inverse": api.affine_inverse(dx, dh, "exp"),
+                "backward": api.affine_backward(dx, dh, dx, dgl, "exp"),
+                "inverse_backward": api.affine_inverse_backward(dx, dh, dx, dgl, "exp"),
+            }
+            for name, (a, b) in outs.items():
+                a, b = to_host(a), to_host(b)
+                want = (shape, (0,)) if name in ("forward", "inverse") else (shape, h.shape)
+                check((a.shape, b.shape) == want and a.dtype == b.dtype == dtype,
+                      f"{label}empty batch {np.dtype(dtype).name} {shape} {name}: got {a.shape}, {b.shape}")
+
+
 def main() -> None:
     try:
+        run_empty()
         for dtype in (np.float64, np.float32):
             for k, (scale, c) in enumerate((("exp", 2.0), ("bounded", 2.0), ("bounded", 0.7), ("sigmoid", 2.0))):
                 run_case(dtype, scale, c, seed=10 * k + (dtype == np.float32))
@@ -142,10 +198,11 @@ def main() -> None:
         # two warps per block: the warps' pairs meet in shared memory, then warp 0's shuffle tree
         run_case(np.float64, "bounded", 2.0, seed=7, shape=(2, 70), threads=64, blocks=1, label="2 warps ")
         run_validation()
+        run_stress()
     except Exception:  # noqa: BLE001
         FAILURES.append(traceback.format_exc())
     simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    print(json.dumps({"worst": WORST, "failures": FAILURES, "simulator": simulator}))
+    print(json.dumps({"worst": WORST, "failures": FAILURES, "simulator": simulator, "stress": STRESS}))
 
 
 if __name__ == "__main__":

@@ -489,6 +489,19 @@ def test_additive_kernels_are_bitwise_the_reference(dtype):
     assert np.array_equal(xi, AdditiveTransform().inverse(y, t)[0]) and not np.any(ldi)
 
 
+@pytest.mark.parametrize("shape", [(0, 5), (0, 2, 3, 4)], ids=["vectors", "images"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_gives_empty_outputs(dtype, shape):
+    """N = 0 (issue 13's rule): every kernel entry point returns correctly shaped empty outputs
+    (it raised "cannot reshape array of size 0")."""
+    x = np.empty(shape, dtype)
+    h, t, gl = np.empty((0, 2 * shape[1]) + shape[2:], dtype), np.empty(shape, dtype), np.empty(0, dtype)
+    for y, ld in (K.affine_forward(x, h), K.affine_inverse(x, h), K.additive_forward(x, t), K.additive_inverse(x, t)):
+        assert y.shape == shape and ld.shape == (0,) and y.dtype == ld.dtype == dtype
+    for g, gh in (K.affine_backward(x, h, x, gl), K.affine_inverse_backward(x, h, x, gl)):
+        assert g.shape == shape and gh.shape == h.shape and g.dtype == dtype
+
+
 def test_bad_input_raises_value_error_naming_the_function():
     x, h, g, gl = _case(np.float64)
 

@@ -117,6 +117,25 @@ def _run(emu, cases, **kw):
 SCALES = (("exp", 2.0), ("bounded", 2.0), ("bounded", 0.7), ("sigmoid", 2.0))
 
 
+# ------------------------------------------------------------------ stress points (issue 14, item 8)
+@pytest.mark.parametrize("scale", ["exp", "bounded", "sigmoid"])
+def test_stress_points_against_the_precise_oracle(emu, scale):
+    """``|h_s|`` up to 30, rows at 1e-6 / 1 / 8 and a batch of 1, on the 16-byte-vector and the
+    scalar path: every output, log-det and VJP (input and ``h``; with both cotangents, the log-det's
+    alone and the output's alone) in float64 and float32 within ``16·eps·T`` of the reference's
+    60-digit oracle, both directions (:func:`cuda_sim_check.run_stress`)."""
+    pytest.importorskip("mpmath")
+    SIM.WORST.clear()
+    SIM.FAILURES.clear()
+    SIM.STRESS.clear()
+    emu.launches.clear()
+    SIM.run_stress(api=Api(emu), to_device=np.ascontiguousarray, to_host=np.asarray, threads=32, blocks=2,
+                   label="cuda-c", cases=((scale, (3, 4)), (scale, (3, 5)), (scale, (1, 8))))
+    assert not SIM.FAILURES, "\n".join(SIM.FAILURES)
+    assert len(SIM.STRESS) == 3
+    assert {vec for *_, vec in emu.launches} == {True, False}  # both load paths ran
+
+
 # ------------------------------------------------------------------ against the oracle
 @needs_extended
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -129,6 +148,13 @@ def test_every_entry_point_matches_the_oracle(emu, dtype, m):
     assert not failures, "\n".join(failures)
     assert len(worst) == 3 * 8  # 8 checks per case; the two bounded cases share their keys (worst kept)
     assert {vec for *_, vec in emu.launches} == {m == 48}  # the intended path ran, every time
+
+
+def test_empty_batch_gives_empty_outputs(emu):
+    """N = 0 (issue 13's rule): every entry point returns correctly shaped empty outputs."""
+    SIM.FAILURES.clear()
+    SIM.run_empty(api=Api(emu), to_device=np.ascontiguousarray, to_host=np.asarray, label="cuda-c ")
+    assert not SIM.FAILURES, "\n".join(SIM.FAILURES)
 
 
 @needs_extended

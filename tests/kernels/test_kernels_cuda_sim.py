@@ -30,3 +30,8 @@ def test_cuda_kernels_under_the_simulator():
     assert report["simulator"]
     assert not report["failures"], "\n".join(report["failures"])
     assert len(report["worst"]) >= 40  # every check ran
+    try:
+        import mpmath  # noqa: F401
+    except ImportError:
+        return
+    assert len(report["stress"]) == 3  # issue 14: the stress points ran against the 60-digit oracle

@@ -2,6 +2,7 @@
 cached vs memory-lean chains, the lecture note's 1-D uniform example, sampling and encode/decode."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -285,7 +286,7 @@ def test_bad_construction_and_input():
     model = tiny_model("realnvp-diag", 2)
     rng = np.random.default_rng(0)
     params = model.init(rng, rng.normal(size=(3, 2)))
-    with pytest.raises(ValueError, match="Chain"):
+    with pytest.raises(ValueError, match="FlowModel.nll_and_grad: input contains NaN or Inf"):
         model.nll_and_grad(params, np.full((3, 2), np.nan))
     with pytest.raises(ValueError, match="dtype"):
         model.nll_and_grad(params, np.zeros((3, 2), np.float32))
@@ -338,3 +339,48 @@ def test_architecture_bad_arguments(kwargs):
     for build in (realnvp, nice):
         with pytest.raises(ValueError, match=build.__name__):
             build(**kwargs)
+
+
+# ---------------------------------------------------------------------------- far from the data (issue 14, item 5)
+def test_log_prob_is_never_nan_far_from_the_data_and_counts_what_overflows():
+    """The issue's repro: an exp-scale RealNVP trained 400 Adam steps on two moons. Far from the
+    data its scales overflow; every sample's log-density is then −inf (its exact value there is far
+    below −1e308: rawflow.check.stress.check_log_prob verifies that against mpmath), never NaN,
+    and one RuntimeWarning counts them."""
+    from rawflow import Adam, train, two_moons
+
+    rng = np.random.default_rng(0)
+    data = two_moons(2000, rng)
+    model = FlowModel(realnvp(2, n_couplings=6, hidden=(32, 32)), StandardNormal((2,)))
+    params = model.init(rng, data[:256])
+    params, _, _ = train(model, params, data, Adam(1e-3), steps=400, batch_size=128, rng=rng)
+    grid = np.array([[a, b] for a in (-100, -20, -6, -3, 0, 3, 6, 20, 100) for b in (-100, -20, -6, 0, 6, 100)],
+                    dtype=float)
+    with pytest.warns(RuntimeWarning, match=r"FlowModel.log_prob: (\d+) of 54 sample\(s\)") as caught:
+        lp = model.log_prob(params, grid)
+    assert not np.isnan(lp).any()
+    n_inf = int(np.isneginf(lp).sum())
+    assert n_inf > 0 and f"{n_inf} of 54" in str(caught[0].message)
+    assert np.all(np.isfinite(lp) | np.isneginf(lp))
+    near = model.log_prob(params, data[:64])  # the data itself: finite, and no warning
+    assert np.all(np.isfinite(near))
+    # the report follows NumPy's overflow policy, as NumPy's own overflow warnings do
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore"):
+            assert np.array_equal(model.log_prob(params, grid), lp)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="FlowModel.log_prob: "):
+        model.log_prob(params, grid)
+
+
+def test_log_prob_stays_finite_where_only_an_intermediate_scale_overflows():
+    """``s = exp(h)`` overflows (h = 800) but ``x_b = 0``: ``z_b = 0·s + t = t`` exactly and the
+    log-density is an ordinary float (it was NaN from ``0·inf``)."""
+    layer = realnvp(2, 1, hidden=(), activation="relu").layers[0]  # x_a → h = W x_a + b, no hidden layer
+    model = FlowModel(layer, StandardNormal((2,)))
+    params = model.init(np.random.default_rng(0), np.zeros((1, 2)))
+    params["flow"]["net"]["0"]["b"] = np.array([800.0, 0.25])  # h_s = 800, t = 0.25
+    x = np.array([[0.5, 0.0]])
+    lp = model.log_prob(params, x)
+    want = -0.5 * (0.5**2 + 0.25**2) - math.log(2 * math.pi) + 800.0
+    assert lp[0] == pytest.approx(want, rel=1e-15)
