@@ -12,7 +12,8 @@ from .datasets import (
     spirals,
     two_moons,
 )
-from .images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
+from .images import (bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images, n_bits_note,
+                     reduce_bits)
 
 __all__ = [
     "bits_per_dim",
@@ -25,8 +26,10 @@ __all__ = [
     "independent_pixel_baseline",
     "load_images",
     "make_2d",
+    "n_bits_note",
     "pinwheel",
     "read_array",
+    "reduce_bits",
     "spirals",
     "two_moons",
 ]
