@@ -9,6 +9,7 @@ Forward = data → latent; ``logdet = log|det ∂z/∂x|`` per sample, shape ``(
   (dense and LU 1×1 convolutions); :mod:`._channel` holds what they share.
 * Reshaping and multi-scale: :mod:`.squeeze`, :mod:`.split`, :mod:`.multiscale`;
   preprocessing: :mod:`.logit`.
+* :mod:`.openai`: Glow's layers as openai/glow's reference code defines them (``glow(variant="openai")``).
 """
 
 from .actnorm import ActNorm
@@ -19,6 +20,7 @@ from .image_coupling import ChannelCoupling, ChannelRotationCoupling, Checkerboa
 from .linear import DenseLinear, LULinear
 from .logit import Logit
 from .multiscale import MultiScale
+from .openai import OpenAIActNorm, OpenAIAffineTransform, OpenAICoupling, OpenAIInvConv, OpenAILearnTop, OpenAISplit
 from .partition import Partition
 from .permutation import Permutation, Reverse
 from .scales import BoundedScale, ExpScale, ScaleMap, SigmoidScale, scale_map
@@ -47,6 +49,12 @@ __all__ = [
     "Logit",
     "LULinear",
     "MultiScale",
+    "OpenAIActNorm",
+    "OpenAIAffineTransform",
+    "OpenAICoupling",
+    "OpenAIInvConv",
+    "OpenAILearnTop",
+    "OpenAISplit",
     "Partition",
     "Permutation",
     "Reverse",

@@ -3,10 +3,13 @@
 * :mod:`.mlp`: :class:`MLP` for vectors (and the shared :class:`~.mlp.Activation`).
 * :mod:`.cnn`: :class:`GlowCNN`, :class:`ResNetCNN` and their building blocks for images.
 * :mod:`.conv`: ``conv2d`` and its VJP (im2col + GEMM), which the CNNs are built on.
+* :mod:`.openai`: openai/glow's blocks (edge-padded convolutions, the factor-3 norm, its ``f``).
 """
 
 from .cnn import GlowCNN, ResNetCNN
 from .conv import conv2d, conv2d_backward
 from .mlp import MLP
+from .openai import EdgeConv2d, EdgeZeroConv2d, OpenAIGlowCNN, OpenAINorm
 
-__all__ = ["GlowCNN", "MLP", "ResNetCNN", "conv2d", "conv2d_backward"]
+__all__ = ["EdgeConv2d", "EdgeZeroConv2d", "GlowCNN", "MLP", "OpenAIGlowCNN", "OpenAINorm", "ResNetCNN", "conv2d",
+           "conv2d_backward"]
