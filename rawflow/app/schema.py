@@ -92,13 +92,18 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "patience": _int(1, null=True),
     "checkpoint_every": _int(1),
     "init_batch": _int(1),
+    "n_bits": _int(1, null=True),
+    "data_n_bins": _int(2, null=True),
+    "ema": _num(0, 1, null=True, lo_open=True),
 }
-OPTIONAL = {"data_sha256"}
+# Keys a config may lack: runs written before them (n_bits, data_n_bins, ema: issue 15) still load.
+OPTIONAL = {"data_sha256", "n_bits", "data_n_bins", "ema"}
 ARCH_KEYS: dict[str, Callable[[Any], str | None]] = {
     "n_couplings": _int(1), "hidden": _int_list(lo=1), "scale": _choice("exp", "bounded", "sigmoid"),
     "activation": _choice("relu", "tanh", "leaky_relu"), "K": _int(1), "L": _int(1), "width": _int(1),
     "coupling": _choice("affine", "additive"), "permutation": _choice("lu", "dense", "reverse", "shuffle"),
     "learn_top": lambda v: None if isinstance(v, bool) else "true or false", "blocks": _int(1),
+    "variant": _choice("rawflow", "openai"),
 }
 
 
@@ -122,6 +127,11 @@ def check_config(cfg: Any, where: str) -> None:
             problems.append(f"'arch.{key}' is {value!r:.60}, expected {want}")
     if not problems and cfg["kind"] == "image" and cfg["n_bins"] is None:
         problems.append("'n_bins' is None, expected an integer ≥ 2 for image data")
+    if not problems and cfg.get("n_bits") is not None and (
+            cfg["kind"] != "image" or cfg["n_bins"] != 2 ** cfg["n_bits"] or cfg.get("data_n_bins") is None
+            or cfg["data_n_bins"] < cfg["n_bins"]):
+        problems.append(f"'n_bits' {cfg['n_bits']} does not fit 'n_bins' {cfg['n_bins']} and 'data_n_bins' "
+                        f"{cfg.get('data_n_bins')} (n-bit image data need n_bins = 2^n_bits ≤ data_n_bins)")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems[:4]) + (f" (and {len(problems) - 4} more)"
                                                                   if len(problems) > 4 else ""))
