@@ -241,7 +241,7 @@ def openai_cases() -> list[Case]:
              *_image_params(OpenAIActNorm(3, spatial=2), 101, (2, 3, 2, 3), scale=0.3)),
     ]
     for i, (kind, hw) in enumerate([("affine", (3, 3)), ("additive", (2, 2))]):  # 3×3: an interior pixel
-        layer = OpenAICoupling(4, kind, width=3)
+        layer = OpenAICoupling(4, kind, width=2)
         cases.append(Case(f"openai-coupling-{kind}", layer, *noisy(layer, 102 + i, (2, 4, *hw))))
     # Saturated: the scale channels' raw outputs h_s = h[:, 1::2] at ±(6..12) − 2 (s ≈ e^{-14}, or 1 − e^{-10}).
     layer = OpenAICoupling(4, "affine", width=3)

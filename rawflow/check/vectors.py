@@ -40,6 +40,7 @@ from .. import tree
 from .._files import atomic_write
 from ..bijectors.chain import Chain
 from ..bijectors.coupling import AffineTransform, Coupling
+from ..bijectors.openai import OpenAIAffineTransform
 from . import oracles, registry
 from .probe import Probe
 from .records import Report, compare, verdict
@@ -70,6 +71,11 @@ CONVENTIONS = {
                 "y_b = x_b * exp(log_s(h_s)) + t; additive: y_b = x_b + h",
     "scale_maps": "exp: log s = h; bounded(c): log s = c*tanh(h/c); sigmoid: s = sigmoid(h + 2)",
     "params": "npz keys param/<path>; paths join nested dict keys with '/'",
+    "openai_layers": "openai-* cases (openai/glow's definitions, NCHW): ActNorm z = (x + b) * exp(3 logs); "
+                     "coupling shift = h[:, 0::2], s = sigmoid(h[:, 1::2] + 2), y_b = (x_b + shift) * s; "
+                     "conv weights (C_out, C_in(+1), k, k), cross-correlation, the last input channel of a k > 1 "
+                     "conv is the edge channel (1 on the zero-padded border); norms in the networks "
+                     "(x + b) * exp(3 logs); invconv z = W x per pixel (the reference's NHWC w[in, out] is W^T)",
 }
 
 
@@ -79,19 +85,24 @@ def describe(layer) -> dict:
     if isinstance(layer, Chain):
         return {"class": "Chain", "reconstruct": layer.reconstruct, "layers": [describe(s) for s in layer.layers]}
     if isinstance(layer, Coupling):
-        net = layer.net
+        net, t = layer.net, layer.transform
+        kind = ("affine" if isinstance(t, AffineTransform) else
+                "shift-then-scale, interleaved" if isinstance(t, OpenAIAffineTransform) else "additive")
         out = {
             "class": type(layer).__name__,
             "features": int(layer.event_shape[0]),
             "copied": layer.partition.idx_a.tolist(),
             "transformed": layer.partition.idx_b.tolist(),
-            "transform": "affine" if isinstance(layer.transform, AffineTransform) else "additive",
+            "transform": kind,
         }
-        if isinstance(layer.transform, AffineTransform):
-            out["scale"] = repr(layer.transform.scale)
+        if isinstance(t, (AffineTransform, OpenAIAffineTransform)):
+            out["scale"] = repr(t.scale)
         if hasattr(net, "widths"):
             out["conditioner"] = {"class": type(net).__name__, "widths": list(net.widths),
                                   "activation": net.activation.name, "leaky_slope": net.activation.slope}
+        elif hasattr(net, "width"):
+            out["conditioner"] = {"class": type(net).__name__, "in": net.in_features, "out": net.out_features,
+                                  "width": net.width, "layers": [name for name, _ in getattr(net, "layers", [])]}
         return out
     return {"class": type(layer).__name__, "event_shape": list(getattr(layer, "event_shape", ())),
             "repr": repr(layer)}
