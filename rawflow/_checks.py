@@ -106,27 +106,27 @@ def check_vector(owner: str, a: Any, what: str, n: int, dtype) -> None:
 
 
 def check_context(owner: str, context_shape: tuple | None, context: Any, x: Any = None, *,
-                  n: int | None = None) -> Any:
+                  n: int | None = None, what: str = "context") -> Any:
     """The context rule (:mod:`rawflow.bijectors.bijector`), for layers, priors and models: ``None``
     where ``context_shape`` is ``None``; else a finite ``(N, *context_shape)`` array of ``x``'s dtype
     and namespace, ``N = x.shape[0]`` (or ``n`` where given: a prior's draws)."""
     if context_shape is None:
         if context is not None:
-            raise ValueError(f"{owner}: takes no context (it is not conditional), got context={_kind(context)}")
+            raise ValueError(f"{owner}: takes no {what} (it is not conditional), got {what}={_kind(context)}")
         return None
     if context is None:
         dims = ", ".join(map(str, context_shape))
-        raise ValueError(f"{owner}: is conditional and needs context=, an (N, {dims}) array")
-    check_array(owner, context, "context", context_shape)
+        raise ValueError(f"{owner}: is conditional and needs {what}=, an (N, {dims}) array")
+    check_array(owner, context, what, context_shape)
     if x is not None and context.dtype != x.dtype:
-        raise ValueError(f"{owner}: context has dtype {context.dtype} but the input has dtype {x.dtype}; cast one "
+        raise ValueError(f"{owner}: {what} has dtype {context.dtype} but the input has dtype {x.dtype}; cast one "
                          "to match")
     if x is not None and type(context) is not type(x):
-        raise ValueError(f"{owner}: context is a {type(context).__module__}.{type(context).__name__} but the input "
+        raise ValueError(f"{owner}: {what} is a {type(context).__module__}.{type(context).__name__} but the input "
                          f"a {type(x).__module__}.{type(x).__name__}; both must live in one array namespace")
     rows = x.shape[0] if n is None else n
     if context.shape[0] != rows:
-        raise ValueError(f"{owner}: context has {context.shape[0]} rows but the input has {rows} "
+        raise ValueError(f"{owner}: {what} has {context.shape[0]} rows but the input has {rows} "
                          "(one context per sample)")
     return context
 

@@ -118,7 +118,7 @@ class FlowModel:
         owner = f"FlowModel.{method}"
         rows = like.shape[0] if n is None else n
         if self.context_shape is None:
-            return check_context(owner, None, y, like)
+            return check_context(owner, None, y, like, what="y")
         if y is None:
             what = (f"integer labels (N,) in [0, {self.classes}) or (N, {self.classes}) rows" if self.classes
                     else f"a context of shape (N, {', '.join(map(str, self.context_shape))})")
@@ -137,7 +137,7 @@ class FlowModel:
                                  f"to {int(y.max())}")
             xp = namespace(like)
             return one_hot(xp.asarray(y), self.classes, like.dtype, xp)
-        return check_context(owner, self.context_shape, y, like, n=rows)
+        return check_context(owner, self.context_shape, y, like, n=rows, what="y")
 
     def _parts(self, c):
         """The context for the bijector and for the prior (``None`` where they take none)."""
@@ -263,17 +263,23 @@ class FlowModel:
         grads = {k: grads[k] for k in self.param_spec()}  # the params' key order
         return (loss, grads, gc) if with_context else (loss, grads)
 
+    def _flow_context(self, y, like: Array, method: str) -> Array | None:
+        """The bijector's context for ``y``; ``y`` may be omitted where the bijector takes none (a
+        class-conditional Glow's flow: only its prior sees the class)."""
+        if y is None and self.bijector.context_shape is None:
+            return None
+        return self._parts(self._context(y, like, method))[0]
+
     def encode(self, params: dict, x: Array, y=None) -> Array:
-        """``z = f(x)`` (``f(x; y)`` for a conditional flow)."""
+        """``z = f(x)`` (``f(x; y)`` for a conditional flow; ``y`` is not needed where only the prior
+        takes it)."""
         self._check(params, x, self.event_shape, "input", "encode")
-        cf, _ = self._parts(self._context(y, x, "encode"))
-        return run_forward(self.bijector, params["flow"], x, cf)[0]
+        return run_forward(self.bijector, params["flow"], x, self._flow_context(y, x, "encode"))[0]
 
     def decode(self, params: dict, z: Array, y=None) -> Array:
-        """``x = f⁻¹(z)`` (``f⁻¹(z; y)`` for a conditional flow)."""
+        """``x = f⁻¹(z)`` (``f⁻¹(z; y)`` for a conditional flow; ``y`` as in :meth:`encode`)."""
         self._check(params, z, self.bijector.out_event_shape, "latent input", "decode")
-        cf, _ = self._parts(self._context(y, z, "decode"))
-        return run_inverse(self.bijector, params["flow"], z, cf)[0]
+        return run_inverse(self.bijector, params["flow"], z, self._flow_context(y, z, "decode"))[0]
 
     def sample(
         self,
@@ -332,16 +338,17 @@ class FlowModel:
                 cols.append(self._log_prob(params, x, c, stacklevel=3))
         return xp.stack(cols, axis=1)
 
-    def classifier_logits(self, params: dict, x: Array) -> Array:
-        """The classifier head's logits ``(N, K)`` from the top latent of ``f(x)`` (needs a head; the
-        flow itself must not take the class, or the prediction would depend on the answer)."""
+    def classifier_logits(self, params: dict, x: Array, y=None) -> Array:
+        """The classifier head's logits ``(N, K)`` from the top latent of ``f(x)``.
+
+        Where the flow itself takes the class (``class_conditional_glow(split_prior=True)``), ``y``
+        is the label the latent is computed with, as in training; the split priors only move the
+        factored parts, so the top latent the head reads is the same for every ``y`` there.
+        """
         if self.classifier is None:
             raise ValueError("FlowModel.classifier_logits: the model has no classifier head")
-        if self.bijector.context_shape is not None:
-            raise ValueError("FlowModel.classifier_logits: the flow takes the class as its context, so its latent "
-                             "depends on the label it should predict")
         self._check(params, x, self.event_shape, "input", "classifier_logits")
-        z = run_forward(self.bijector, params["flow"], x, None)[0]
+        z = run_forward(self.bijector, params["flow"], x, self._flow_context(y, x, "classifier_logits"))[0]
         return self.classifier.apply(params["classifier"], z)[0]
 
     def interpolate(self, params: dict, x0: Array, x1: Array, steps: int = 8, y0=None, y1=None) -> Array:
