@@ -263,3 +263,14 @@ def test_conditional_coupling_under_a_kernel_backend_matches_the_reference():
     g = rng.normal(size=z.shape)
     for a, b in zip(ref.backward(params, cache, g, ld)[::2], fast.backward(params, cachef, g, ld)[::2]):
         assert rel_err(b, a) <= 1e-13
+
+
+@settings(max_examples=4)
+@given(st.data())
+def test_the_users_strategy_draws_checkable_conditional_layers(data):
+    from rawflow import testing
+
+    case = data.draw(testing.layer_cases(["conditional"]))
+    assert isinstance(case.layer, ContextAsInput)
+    report = check_bijector(case.layer, case.params, case.x, second_order=False, fd_columns=8)
+    assert report, report.failure_report()
