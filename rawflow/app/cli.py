@@ -999,7 +999,7 @@ def run_demo(args: argparse.Namespace) -> int:
     files.check_output_folder(args.out, force=args.force)
     try:
         with files.run_lock(args.out), _blas_threads(args.threads):
-            return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
+            return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet, threads=args.threads)
     except KeyboardInterrupt:
         _err("demo", "interrupted")
         return EXIT_INTERRUPTED

@@ -76,15 +76,34 @@ def _options(base: dict, quick: dict | None, seed: int) -> dict:
     return options
 
 
-def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) -> int:
+def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False, threads: int = 1) -> int:
+    """Train and report (a)–(c) into ``out``; 0 when every claim holds (always with ``quick``).
+    ``threads``: BLAS threads of the background process (the caller sets its own)."""
+    from .runs import make_config
+
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    # (c) starts first, in a second process where there is a second core: it trains while (a) and
+    # (b) do (each run is single-threaded and seeded on its own, so the results are the same).
+    ycond_cfg = make_config(_options(DIGITS_YCOND, QUICK["digits_ycond"] if quick else None, seed))
+    ycond_dir = os.path.join(out, "digits_ycond")
+    background = _start_in_background(ycond_cfg, ycond_dir, threads)
+    try:
+        return _run(out, quick, seed, quiet, start, ycond_cfg, ycond_dir, background)
+    finally:
+        if background is not None and background[0].is_alive():
+            background[0].terminate()
+            background[0].join()
+
+
+def _run(out: str, quick: bool, seed: int, quiet: bool, start: float, ycond_cfg: dict, ycond_dir: str,
+         background) -> int:
     from . import plots
     from .._array import to_numpy
     from ..data.datasets import eight_gaussians_log_prob
     from .files import run_lock
     from .runs import RunDiverged, eval_inputs, load_data, load_params, make_config, quantize, run_training
 
-    start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
     say = (lambda *a: None) if quiet else print
     rng = np.random.default_rng([seed, 99])
     written = []
@@ -146,12 +165,11 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     written.append(plots.interpolation_strip(os.path.join(out, "digits_interpolation.png"), pixels))
 
     # (c) class-conditional digits ---------------------------------------------------------------
-    cfg = make_config(_options(DIGITS_YCOND, QUICK["digits_ycond"] if quick else None, seed))
-    run_dir = os.path.join(out, "digits_ycond")
-    say(f"[3/3] the same Glow, class-conditional (openai's --ycond, --weight_y {cfg['weight_y']}): {cfg['steps']} steps")
+    cfg, run_dir = ycond_cfg, ycond_dir
+    say(f"[3/3] the same Glow, class-conditional (openai's --ycond, --weight_y {cfg['weight_y']}): {cfg['steps']} steps"
+        + (" (trained in a second process alongside [1/3] and [2/3])" if background is not None else ""))
     try:
-        with run_lock(run_dir):
-            m = run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="digits Glow | y")
+        m = _finish(background, cfg, run_dir, quiet)
     except RunDiverged as exc:
         print(f"rawflow demo: {exc}", file=sys.stderr)
         return 1
@@ -199,6 +217,66 @@ def run(out: str, *, quick: bool = False, seed: int = 0, quiet: bool = False) ->
     return 0
 
 
+def _start_in_background(cfg: dict, run_dir: str, threads: int):
+    """``(process, connection)`` training ``cfg`` in a spawned process, or ``None`` on one core."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding BLAS or tqdm threads
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_train_child, args=(cfg, run_dir, threads, send), daemon=True)
+    process.start()
+    send.close()
+    return process, receive
+
+
+def _train_child(cfg: dict, run_dir: str, threads: int, conn) -> None:
+    """The background run: its metrics, or why it failed, go back through ``conn``."""
+    from .files import run_lock
+    from .runs import RunDiverged, run_training
+
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+            limits = threadpool_limits(limits=threads, user_api="blas")
+        except ImportError:  # scikit-learn's dependency; without it OpenBLAS keeps its own default
+            limits = None
+        with run_lock(run_dir):
+            metrics = run_training(_fresh(cfg, run_dir), run_dir, quiet=True)
+        conn.send(("ok", metrics))
+        del limits
+    except RunDiverged as exc:
+        conn.send(("diverged", str(exc)))
+    except BaseException as exc:  # reported by the parent, which owns the exit code
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _finish(background, cfg: dict, run_dir: str, quiet: bool) -> dict:
+    """The metrics of run (c): trained here, or collected from the background process."""
+    from .files import run_lock
+    from .runs import RunDiverged, run_training
+
+    if background is None:
+        with run_lock(run_dir):
+            return run_training(_fresh(cfg, run_dir), run_dir, quiet=quiet, desc="digits Glow | y")
+    process, conn = background
+    try:
+        status, value = conn.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the background training of {run_dir} ended without a result "
+                           f"(exit code {process.exitcode})") from None
+    process.join()
+    if status == "diverged":
+        raise RunDiverged(value)
+    if status == "error":
+        raise RuntimeError(f"the background training of {run_dir} failed: {value}")
+    return value
+
+
 def _ycond_pictures(out: str, run_dir: str, rng: np.random.Generator, m: dict) -> list[str]:
     """``digits_ycond_samples.png`` (one row per class, T = 1 and 0.7) and ``digits_translation.png``."""
     from . import plots
@@ -228,7 +306,7 @@ def _ycond_pictures(out: str, run_dir: str, rng: np.random.Generator, m: dict) -
     pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape) / (n_bins - 1)
     pairs = ", ".join(f"{a}→{b}" for a, b in TRANSLATIONS)
     paths.append(plots.interpolation_strip(os.path.join(out, "digits_translation.png"), pixels,
-                                           title=f"held-out digits moved along m_b − m_a ({pairs}, two each)"))
+                                           title=f"{pairs} along m_b − m_a"))
     return paths
 
 
