@@ -795,7 +795,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
             return loaded
         params, model, cfg, step = loaded
         from .._array import to_numpy
-        from .runs import RunError, device_namespace, eval_inputs, load_run_data, quantize
+        from .runs import RunError, device_namespace, eval_inputs, eval_labels, load_run_data, quantize
 
         try:
             data = load_run_data(cfg)
@@ -810,8 +810,10 @@ def run_interpolate(args: argparse.Namespace) -> int:
         if max(first + second) >= n:
             _err("interpolate", f"the test split has {n} inputs; indices up to {max(first + second)} asked for")
             return EXIT_USAGE
-        x = eval_inputs(cfg, data, "test", device_namespace(cfg["device"]))
-        frames = to_numpy(model.interpolate(params, x[first], x[second], args.steps))  # (S, M, *event)
+        xp = device_namespace(cfg["device"])
+        x, y = eval_inputs(cfg, data, "test", xp), eval_labels(cfg, data, "test", xp)
+        y0, y1 = (None, None) if y is None else (y[first], y[second])
+        frames = to_numpy(model.interpolate(params, x[first], x[second], args.steps, y0, y1))  # (S, M, *event)
         if ext == ".npz":
             arrays = {"frames": frames, "index_a": np.asarray(first), "index_b": np.asarray(second)}
             if cfg["kind"] == "image":

@@ -366,8 +366,7 @@ class FlowModel:
         check_array("FlowModel.interpolate", x1, "x1", self.event_shape)
         if tuple(x0.shape) != tuple(x1.shape):
             raise ValueError(f"FlowModel.interpolate: x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} differ in shape")
-        c0, c1 = self._context(y0, x0, "interpolate"), self._context(y1, x1, "interpolate")
-        (f0, _), (f1, _) = self._parts(c0), self._parts(c1)
+        f0, f1 = self._flow_context(y0, x0, "interpolate"), self._flow_context(y1, x1, "interpolate")
         z0 = run_forward(self.bijector, params["flow"], x0, f0)[0]
         z1 = run_forward(self.bijector, params["flow"], x1, f1)[0]
         xp = namespace(z0)

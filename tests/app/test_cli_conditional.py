@@ -189,3 +189,21 @@ def test_bad_sample_and_translate_arguments(ycond_run, tmp_path, capsys):
     existing.write_bytes(b"x")
     assert main(["translate", "--run", str(ycond_run), "--from", "1", "--to", "2", "--out", str(existing)]) == 2
     assert existing.read_bytes() == b"x"
+
+
+def test_interpolate_works_on_class_conditional_runs(ycond_run, tmp_path):
+    assert main(["interpolate", "--run", str(ycond_run), "--steps", "3", "--pairs", "2",
+                 "--out", str(tmp_path / "i.npz")]) == 0
+    with np.load(tmp_path / "i.npz", allow_pickle=False) as f:
+        assert f["frames"].shape == (3, 2, 1, 8, 8)
+
+
+def test_ycond_splits_runs_pass_the_labels_wherever_the_flow_needs_them(tmp_path):
+    run = tmp_path / "split"
+    assert main(["train", *TINY_GLOW, "--ycond-splits", "--steps", "4", "--eval-every", "4", "--out", str(run)]) == 0
+    params, model, cfg, _ = load_params(str(run))
+    assert model.bijector.context_shape == (10,) and cfg["arch"]["split_prior"] is True
+    for argv in (["interpolate", "--steps", "3", "--pairs", "1", "--out", str(tmp_path / "i.npz")],
+                 ["translate", "--from", "0", "--to", "1", "--n", "1", "--steps", "3", "--out", str(tmp_path / "t.npz")],
+                 ["sample", "--n", "10", "--out", str(tmp_path / "s.npz")], ["eval"]):
+        assert main([argv[0], "--run", str(run), *argv[1:]]) == 0, argv
