@@ -663,7 +663,8 @@ def _finite_samples(model, params, rng, n: int, temperature: float, y=None):
     from .._array import to_numpy
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        x = to_numpy(model.sample(params, rng, n, temperature=temperature, y=y))
+        conditions = {} if y is None else {"y": y}  # an unconditional model is called as before
+        x = to_numpy(model.sample(params, rng, n, temperature=temperature, **conditions))
     ok = np.isfinite(x.reshape(n, -1)).all(axis=1)
     return x[ok], np.flatnonzero(~ok)
 
