@@ -141,8 +141,10 @@ def train(
             batch = rows if batch_fn is None else batch_fn(rows, rng)
             batch_y = None if y is None else y[namespace(y).asarray(index)]
             try:
-                loss, grads = (model.nll_and_grad(params, batch, batch_y) if dp is None
-                               else dp.nll_and_grad(model, params, batch, batch_y))
+                # y only when there is one: a model without labels keeps the two-argument protocol
+                labels = () if batch_y is None else (batch_y,)
+                loss, grads = (model.nll_and_grad(params, batch, *labels) if dp is None
+                               else dp.nll_and_grad(model, params, batch, *labels))
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 # Parameters an update produced that a layer refuses (an LU factor whose exp(log|s|)
                 # overflowed or vanished, a non-finite leaf): the run diverged. The parameters the
@@ -213,7 +215,8 @@ def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 
     total = 0.0
     for start in range(lo, hi, batch_size):
         end = min(start + batch_size, hi)
-        total += float(model.log_prob(params, data[start:end], None if y is None else y[start:end]).sum())
+        labels = () if y is None else (y[start:end],)  # as in train: no labels, two arguments
+        total += float(model.log_prob(params, data[start:end], *labels).sum())
     return -global_sum(comm, total, "the held-out log-likelihood sum") / n
 
 
