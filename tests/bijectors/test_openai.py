@@ -416,3 +416,11 @@ def _one(kind):
     layer = make()
     x = rng.normal(size=(3, 3) if kind == "actnorm-vector" else (2, layer.event_shape[0], 2, 2))
     return layer, layer.init(rng, x), x, rng
+
+
+def test_openai_glow_refuses_a_conditional_split_prior():
+    # openai's split prior is unconditional: a split context would silently be a different model
+    from rawflow.models.architectures import glow
+
+    with pytest.raises(ValueError, match=r"^glow: variant 'openai' has the reference's unconditional split prior"):
+        glow(1, 2, 2, (1, 4, 4), variant="openai", split_context=3)
