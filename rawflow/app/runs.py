@@ -33,7 +33,16 @@ Data: 2-D densities by name (:data:`rawflow.data.datasets.DATASETS`), ``"digits"
 dequantised ``(v + u)/n_bins`` with fresh noise for every training batch and fixed noise for
 validation/test). Image inputs are centred (``x − ½``, volume-preserving) or passed through a
 :class:`~rawflow.bijectors.logit.Logit` layer that is part of the model, so NLLs and bits/dim always refer
-to the dequantised data.
+to the dequantised data. ``n_bits`` reduces images to ``n``-bit data first
+(:func:`~rawflow.data.images.reduce_bits`; the config keeps the data's own levels as
+``data_n_bins``); bits/dim then use ``n_bins = 2ⁿ`` and every report says they are not comparable
+with the full data's.
+
+Polyak averaging (``ema``: a decay in (0, 1)): the optimiser is wrapped in
+:class:`~rawflow.training.ema.EMA`, so the average lives in the optimiser state, is checkpointed
+with it and resumes bit for bit. A run with an average validates, selects its best parameters and
+reports its test metrics with the averaged parameters (:func:`eval_params`; ``raw_test_*`` are the
+latest raw parameters' figures beside them); ``load_params(..., which=)`` picks either.
 """
 
 from __future__ import annotations
@@ -81,7 +90,7 @@ ARCH_DEFAULTS = {
     ("nice", "vector"): {"n_couplings": 4, "hidden": [64, 64], "activation": "relu"},
     ("glow", "vector"): {"K": 8, "hidden": [64, 64], "scale": "sigmoid", "activation": "relu"},
     ("glow", "image"): {"K": 4, "L": 2, "width": 32, "coupling": "affine", "permutation": "lu",
-                        "scale": "sigmoid", "learn_top": True},
+                        "scale": "sigmoid", "learn_top": True, "variant": "rawflow", "split_prior": False},
     ("realnvp", "image"): {"L": 2, "width": 16, "blocks": 1, "scale": "exp"},
     ("nice", "image"): {"n_couplings": 4, "hidden": [256, 256]},
 }
@@ -109,6 +118,11 @@ DEFAULTS: dict[str, Any] = {
     "patience": 5,             # early stopping after this many evaluations without improvement; 0: never
     "checkpoint_every": None,  # default: eval_every
     "init_batch": 512,         # rows for data-dependent initialisation (ActNorm)
+    "n_bits": None,            # images: model n-bit data (openai/glow's --n_bits_x); None: every level
+    "ema": None,               # Polyak averaging: the decay of the parameters' moving average; None: off
+    "ycond": False,            # class-conditional: labels from the data (digits; 'y' in a .npz)
+    "context": False,          # conditional on a float context ('c' in a .npz; vector models)
+    "weight_y": None,          # class-conditional Glow: classifier cross-entropy weight (default 0.01)
 }
 # Defaults that depend on the kind of data, resolved into config.json by make_config (a run resumed
 # later keeps the values it started with; configs written before these existed keep theirs: a null
@@ -163,10 +177,19 @@ class Data:
     test: np.ndarray
     event_shape: tuple
     n_bins: int | None = None
+    data_n_bins: int | None = None   # the data's own levels (differs from n_bins for n-bit data)
+    #: conditional runs: the labels (int64, ``(N,)``) or context rows (``(N, K)``) of each split
+    train_y: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    test_y: np.ndarray | None = None
 
     @property
     def dims(self) -> int:
         return math.prod(self.event_shape)
+
+    def y(self, split: str) -> np.ndarray | None:
+        """The labels / context rows of ``split`` (``None`` for an unconditional run)."""
+        return getattr(self, f"{split}_y")
 
 
 def _split(x: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,9 +214,70 @@ def read_array(path: str, key: str | None) -> np.ndarray:
     return arrayfile.read_array(path, key, owner="data", key_option="--data-key", error=RunError)
 
 
+def _images(cfg: dict, name: str, images: np.ndarray, n_bins: int) -> Data:
+    """Image data, reduced to ``cfg["n_bits"]`` bits when asked (:func:`~rawflow.data.images.reduce_bits`)."""
+    from ..data.images import reduce_bits
+
+    n_bits, levels = cfg.get("n_bits"), n_bins
+    if n_bits is not None:
+        if 2 ** int(n_bits) > n_bins:
+            what = "the digits have" if name == "digits" else f"{name} has"
+            raise RunError(f"n_bits {n_bits}: {what} {n_bins} grey levels, fewer than 2^{n_bits} = {2 ** int(n_bits)} "
+                           f"(n-bit data keep at most the data's levels: use n_bits ≤ {int(math.log2(n_bins))})")
+        images, levels = reduce_bits(images, n_bits, n_bins)
+    return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=levels,
+                data_n_bins=n_bins)
+
+
+def conditioning(cfg: dict) -> str | None:
+    """``"labels"`` (class-conditional), ``"context"`` (float context rows) or ``None``."""
+    return "labels" if cfg.get("ycond") else "context" if cfg.get("context") else None
+
+
 def load_data(cfg: dict) -> Data:
-    """The run's data, split into train / validation / test as the config says."""
+    """The run's data, split into train / validation / test as the config says; a conditional run's
+    labels or context rows are split alongside (the same permutation)."""
+    data = _load_x(cfg)
+    kind = conditioning(cfg)
+    if kind is not None:
+        y = _load_y(cfg, kind, len(data.train) + len(data.val) + len(data.test))
+        data.train_y, data.val_y, data.test_y = _split(y, cfg)
+    return data
+
+
+def _load_y(cfg: dict, kind: str, n: int) -> np.ndarray:
     name = cfg["data"]
+    flag = "--ycond" if kind == "labels" else "--context"
+    if name == "digits" and kind == "labels":
+        from ..data.images import digit_labels
+
+        return digit_labels()
+    if not name.endswith(".npz"):
+        source = "the digits or a .npz holding 'y'" if kind == "labels" else "a .npz holding 'c'"
+        raise RunError(f"data: {flag} needs {kind} with the data: {source}; {name} has none")
+    key = "y" if kind == "labels" else "c"
+    y = read_array(name, key)
+    if kind == "labels":
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise RunError(f"data: {name}: labels 'y' must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
+        if y.shape[0] != n:
+            raise RunError(f"data: {name}: {y.shape[0]} labels for {n} examples")
+        if y.size and y.min() < 0:
+            raise RunError(f"data: {name}: labels must be non-negative class indices, got {int(y.min())}")
+        return y.astype(np.int64)
+    if y.dtype.kind != "f" or y.ndim != 2 or y.shape[1] < 1:
+        raise RunError(f"data: {name}: context 'c' must be a 2-D float array (N, K), got {y.dtype} of shape {y.shape}")
+    if y.shape[0] != n:
+        raise RunError(f"data: {name}: {y.shape[0]} context rows for {n} examples")
+    if not np.isfinite(y).all():
+        raise RunError(f"data: {name}: context 'c' contains NaN or Inf")
+    return y.astype(np.float64)
+
+
+def _load_x(cfg: dict) -> Data:
+    name = cfg["data"]
+    if cfg.get("n_bits") is not None and name in DATASETS:
+        raise RunError(f"n_bits applies to image data; {name} is a 2-D density")
     if name in DATASETS:
         x = make_2d(name, cfg["n_samples"], np.random.default_rng([cfg["seed"], SEED_DATA]))
         return Data(name, "vector", *_split(x, cfg), event_shape=(2,))
@@ -201,18 +285,21 @@ def load_data(cfg: dict) -> Data:
         from ..data.images import digits
 
         images, n_bins = digits()
-        return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=n_bins)
+        return _images(cfg, name, images, n_bins)
     if not name.endswith((".npy", ".npz")):
         raise RunError(f"data: {name!r} is neither a dataset ({', '.join(sorted(DATASETS))}, digits) "
                        "nor a .npy/.npz file")
-    x = read_array(name, cfg.get("data_key"))
+    key = cfg.get("data_key") or ("x" if conditioning(cfg) and name.endswith(".npz") else None)
+    x = read_array(name, key)
     if x.dtype.kind in "iu" and x.ndim in (3, 4):
         if x.ndim == 3:
             x = x[:, None]
         if x.size == 0 or x.min() < 0:
             raise RunError(f"data: {name}: pixel values must be non-negative integers")
         n_bins = 2 ** max(1, math.ceil(math.log2(int(x.max()) + 1)))
-        return Data(name, "image", *_split(x.astype(np.int64), cfg), event_shape=tuple(x.shape[1:]), n_bins=n_bins)
+        return _images(cfg, name, x.astype(np.int64), n_bins)
+    if cfg.get("n_bits") is not None:
+        raise RunError(f"n_bits applies to image data (integer pixels); {name} holds {x.dtype} {x.shape}")
     if x.dtype.kind == "f" and x.ndim == 2:
         if x.shape[1] < 2:
             raise RunError(f"data: {name}: vectors need at least 2 features, got shape {x.shape}")
@@ -283,6 +370,15 @@ def eval_inputs(cfg: dict, data: Data, split: str, xp=np):
     return xp.asarray(to_model_space(cfg, dequantize(x, data.n_bins, rng, cfg["dtype"])))
 
 
+def eval_labels(cfg: dict, data: Data, split: str, xp=np):
+    """The labels (int64, on the host: the model one-hot encodes them in the input's namespace) or
+    context rows (``cfg["dtype"]``, in ``xp``) of a split; ``None`` for an unconditional run."""
+    y = data.y(split)
+    if y is None or conditioning(cfg) == "labels":
+        return y
+    return xp.asarray(y.astype(cfg["dtype"]))
+
+
 # --------------------------------------------------------------------------------------- model
 def device_namespace(device: str):
     """``numpy`` for ``"cpu"``; ``cupy`` for ``"gpu"``, or :class:`RunError` saying what is missing."""
@@ -345,27 +441,44 @@ def _build_model(cfg: dict) -> FlowModel:
 
     a, model, kind, backend = cfg["arch"], cfg["model"], cfg["kind"], cfg["backend"]
     shape = tuple(cfg["event_shape"])
+    cond = conditioning(cfg)
+    classes = cfg.get("n_classes") if cond == "labels" else None
+    k = classes if cond == "labels" else cfg.get("context_features") if cond == "context" else None
     if kind == "vector":
         d = shape[0]
         if model == "realnvp":
-            flow = _build(arch.realnvp, backend, d, a["n_couplings"], tuple(a["hidden"]), a["scale"], a["activation"])
+            flow = _build(arch.realnvp, backend, d, a["n_couplings"], tuple(a["hidden"]), a["scale"], a["activation"],
+                          context=k)
         elif model == "nice":
-            flow = _build(arch.nice, backend, d, a["n_couplings"], tuple(a["hidden"]), a["activation"])
+            flow = _build(arch.nice, backend, d, a["n_couplings"], tuple(a["hidden"]), a["activation"], context=k)
         else:
             flow = _build(arch.glow_vectors, backend, d, a["K"], tuple(a["hidden"]), a["scale"], a["activation"])
-    else:
-        if model == "glow":
-            flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
-                          permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"])
-        elif model == "realnvp":
-            flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
-                          scale=a["scale"])
-        else:
-            flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
+        return FlowModel(flow, StandardNormal((d,)), classes=classes)
+    if model == "glow" and classes is not None:
+        built = arch.class_conditional_glow(a["K"], a["L"], a["width"], shape, classes, weight_y=cfg["weight_y"],
+                                            learn_top=a["learn_top"], split_prior=a.get("split_prior", False),
+                                            coupling=a["coupling"], permutation=a["permutation"], scale=a["scale"])
+        flow = built.bijector
+        if backend != "reference":
+            _set_backend(flow, backend)
         if preprocess(cfg) == "logit":
             from ..bijectors.logit import Logit
 
             flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
+        return FlowModel(flow, built.prior, classes=classes, classifier=built.classifier, weight_y=built.weight_y)
+    if model == "glow":
+        flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
+                      permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"],
+                      variant=a.get("variant", "rawflow"))
+    elif model == "realnvp":
+        flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
+                      scale=a["scale"])
+    else:
+        flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
+    if preprocess(cfg) == "logit":
+        from ..bijectors.logit import Logit
+
+        flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
     return FlowModel(flow, StandardNormal((math.prod(shape),)))
 
 
@@ -381,10 +494,21 @@ def make_optimizer(cfg: dict):
         return lr0 * factor
 
     if cfg["optimizer"] == "adam":
-        return Adam(lr)
-    if cfg["optimizer"] == "adamax":
-        return Adamax(lr)
-    return SGD(lr, momentum=cfg["momentum"])
+        opt = Adam(lr)
+    elif cfg["optimizer"] == "adamax":
+        opt = Adamax(lr)
+    else:
+        opt = SGD(lr, momentum=cfg["momentum"])
+    if cfg.get("ema") is not None:  # runs written before Polyak averaging have no "ema" key
+        from ..training.ema import EMA
+
+        return EMA(opt, cfg["ema"])
+    return opt
+
+
+def eval_params(cfg: dict, st: "TrainState") -> dict:
+    """The parameters a run validates and reports with: the moving average when it keeps one."""
+    return st.opt_state["ema"] if cfg.get("ema") is not None else st.params
 
 
 # -------------------------------------------------------------------------------------- config
@@ -425,6 +549,11 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(f"lr must be positive and finite, got {cfg['lr']}")
     if cfg["clip"] is not None and not (cfg["clip"] > 0 and math.isfinite(cfg["clip"])):
         raise RunError(f"clip must be positive and finite, got {cfg['clip']}")
+    if cfg["ema"] is not None and not (isinstance(cfg["ema"], (int, float)) and 0 < cfg["ema"] < 1):
+        raise RunError(f"ema (the moving average's decay) must lie in (0, 1), got {cfg['ema']!r}")
+    if cfg["n_bits"] is not None and not (isinstance(cfg["n_bits"], int) and not isinstance(cfg["n_bits"], bool)
+                                          and cfg["n_bits"] >= 1):
+        raise RunError(f"n_bits must be a positive integer, got {cfg['n_bits']!r}")
     if not 0 <= cfg["momentum"] < 1:
         raise RunError(f"momentum must lie in [0, 1), got {cfg['momentum']}")
     name = cfg["data"]
@@ -434,6 +563,8 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         sizes.check_request(cfg)
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    if cfg["ycond"] and cfg["context"]:
+        raise RunError("--ycond (class labels) and --context (float context rows) exclude each other")
     data = load_data(cfg)
     cfg["kind"], cfg["event_shape"], cfg["n_bins"] = data.kind, list(data.event_shape), data.n_bins
     for key, value in TRAIN_DEFAULTS[data.kind].items():
@@ -443,6 +574,9 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         cfg["eval_every"] = max(1, cfg["steps"] // 20)
     if cfg["checkpoint_every"] is None:
         cfg["checkpoint_every"] = cfg["eval_every"]
+    if cfg["n_bits"] is not None:
+        cfg["data_n_bins"] = data.data_n_bins
+    _conditioning_config(cfg, data)
     cfg["split_sizes"] = [len(data.train), len(data.val), len(data.test)]
     if name.endswith((".npy", ".npz")):
         cfg["data_sha256"] = file_digest(name)
@@ -455,7 +589,19 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(f"{', '.join(flags.get(k, k) for k in sorted(unknown))} do(es) not apply to {cfg['model']} "
                        f"on {data.kind} data (it takes {', '.join(flags.get(k, k) for k in sorted(arch))})")
     arch.update(options.get("arch") or {})
+    if arch.get("variant") == "openai":
+        if "permutation" not in (options.get("arch") or {}):
+            arch["permutation"] = "dense"  # the reference's invertible 1×1 convolution
+        if cfg["backend"] == "numba":
+            raise RunError("backend numba: the openai variant's layers have no fused kernels; use --backend reference")
+        if cfg["ycond"]:
+            # class_conditional_glow is built from rawflow's layers; mixing in openai's would be a
+            # third model nobody has run, so the combination is refused rather than half-honoured
+            raise RunError("--variant openai with --ycond: the class-conditional Glow is built from rawflow's "
+                           "layers (its GlowTop prior is openai's --ycond top); use --variant rawflow")
     cfg["arch"] = arch
+    if arch.get("split_prior") and not cfg["ycond"]:
+        raise RunError(f"{flags.get('split_prior', 'split_prior')} conditions the split priors on the class: it needs --ycond")
     if options.get("preprocess") is not None and data.kind != "image":
         raise RunError("preprocess applies to image data only")
     cfg["format"], cfg["rawflow_version"] = RUN_FORMAT, __version__
@@ -465,6 +611,36 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(str(exc)) from None
     build_model(cfg)
     return cfg
+
+
+def _conditioning_config(cfg: dict, data: Data) -> None:
+    """Check a conditional run's options against its data; record ``n_classes`` / ``context_features``
+    and ``weight_y``."""
+    cond, model = conditioning(cfg), cfg["model"]
+    if cond is not None and data.kind == "vector" and model == "glow":
+        flag = "--ycond" if cond == "labels" else "--context"
+        raise RunError(f"{flag} on vectors conditions the couplings of realnvp or nice; glow on vectors "
+                       "(glow_vectors) takes no context")
+    if cond == "labels":
+        if data.kind == "image" and model != "glow":
+            raise RunError(f"--ycond on images is openai/glow's class-conditional Glow: use --model glow, not {model}")
+        labels = np.concatenate([data.train_y, data.val_y, data.test_y])
+        cfg["n_classes"] = int(labels.max()) + 1 if labels.size else 0
+        if cfg["n_classes"] < 2:
+            raise RunError(f"data: --ycond needs at least 2 classes, the labels hold {cfg['n_classes']}")
+    elif cond == "context":
+        if data.kind != "vector":
+            raise RunError("--context conditions the couplings of vector models (realnvp, nice); "
+                           "for images use --ycond with --model glow")
+        cfg["context_features"] = int(data.train_y.shape[1])
+    head = cond == "labels" and model == "glow"
+    if cfg["weight_y"] is None:
+        cfg["weight_y"] = 0.01 if head else 0.0  # openai/glow's conditional examples: --ycond --weight_y=0.01
+    if not (isinstance(cfg["weight_y"], (int, float)) and math.isfinite(cfg["weight_y"]) and cfg["weight_y"] >= 0):
+        raise RunError(f"weight_y must be a finite number ≥ 0, got {cfg['weight_y']!r}")
+    if cfg["weight_y"] > 0 and not head:
+        raise RunError("--weight-y weighs the classifier head of a class-conditional Glow: it needs --model glow "
+                       "--ycond")
 
 
 write_json = files.write_json  # atomic, strict JSON (NaN/Inf written as null)
@@ -586,13 +762,30 @@ def reference_params(cfg: dict, model: FlowModel, xp=np) -> dict:
     shape = (4, *cfg["event_shape"])
     # Values in [0.25, 0.75) are valid inputs in every model space (centred images, logit, vectors).
     x = np.random.default_rng(0).uniform(0.25, 0.75, size=shape).astype(cfg["dtype"])
-    return model.init(np.random.default_rng(0), xp.asarray(x))
+    cond = conditioning(cfg)
+    y = (np.zeros(4, dtype=np.int64) if cond == "labels"
+         else xp.zeros((4, cfg["context_features"]), dtype=cfg["dtype"]) if cond == "context" else None)
+    return model.init(np.random.default_rng(0), xp.asarray(x), y)
 
 
-def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
-    """``(params, model, cfg, step)`` of a run: the best-validation parameters and their step when
-    the run validates, else the latest."""
+#: which parameters of a run :func:`load_params` returns (``sample``/``interpolate``/``eval --params``)
+PARAM_CHOICES = ("best", "ema", "raw")
+
+
+def load_params(run_dir: str, xp=None, which: str = "best") -> tuple[dict, FlowModel, dict, int]:
+    """``(params, model, cfg, step)`` of a run.
+
+    ``which``: ``"best"`` (default) the parameters the run selected — best validation, else the
+    latest; in a run with Polyak averaging both are averaged parameters (:func:`eval_params`);
+    ``"ema"`` the latest moving average (a run trained with ``ema`` only); ``"raw"`` the optimiser's
+    latest parameters.
+    """
+    if which not in PARAM_CHOICES:
+        raise RunError(f"params must be one of {', '.join(PARAM_CHOICES)}, got {which!r}")
     cfg = read_config(run_dir)
+    if which == "ema" and cfg.get("ema") is None:
+        raise RunError(f"{run_dir}: the run keeps no moving average of its parameters (trained without --ema); "
+                       "use --params best or raw")
     xp = device_namespace(cfg["device"]) if xp is None else xp
     model = build_model(cfg)
     path = checkpoint_path(run_dir)
@@ -600,10 +793,18 @@ def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
     meta = ck["config"]
     if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or _same_run(meta["run"], cfg):
         raise CheckpointError(f"checkpoint {path}: does not belong to the run described by {CONFIG}")
-    section = "best" if "best" in ck else "params"
-    if section not in ck:
-        raise CheckpointError(f"checkpoint {path}: holds no parameters")
-    params = _checked(path, section, ck[section], reference_params(cfg, model, xp), xp)
+    averaged = which == "ema" or (which == "best" and "best" not in ck and cfg.get("ema") is not None)
+    section = "best" if which == "best" and "best" in ck else "params"
+    if averaged:
+        tree_ = ck.get("optimizer", {}).get("ema") if isinstance(ck.get("optimizer"), dict) else None
+        if tree_ is None:
+            raise CheckpointError(f"checkpoint {path}: holds no moving average although the run keeps one")
+        section, found = "optimizer/ema", tree_
+    else:
+        if section not in ck:
+            raise CheckpointError(f"checkpoint {path}: holds no parameters")
+        found = ck[section]
+    params = _checked(path, section, found, reference_params(cfg, model, xp), xp)
     step = meta.get("best_step") if section == "best" else ck["step"]
     return params, model, cfg, int(step if isinstance(step, int) and not isinstance(step, bool) else ck["step"])
 
@@ -642,7 +843,8 @@ def init_state(cfg: dict, model: FlowModel, data: Data, xp=np) -> TrainState:
     train_x, batch_fn = _host_batches(cfg, data, xp)
     n = min(cfg["init_batch"], len(data.train))
     first = train_x[:n] if batch_fn is None else batch_fn(data.train[:n], rng)
-    params = model.init(rng, first)
+    y = eval_labels(cfg, data, "train", xp)
+    params = model.init(rng, first, None if y is None else y[:n])
     return TrainState(step=0, params=params, opt_state=make_optimizer(cfg).init(params), rng=rng,
                       loader=EpochLoader(len(data.train), cfg["batch_size"]), losses=[], val_steps=[], val_nll=[])
 
@@ -655,20 +857,33 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
     ``bits_per_dim`` and ``baseline_bits_per_dim`` (independent pixels fitted to the training split);
     vectors add ``gaussian_nll`` (full-covariance Gaussian fitted to the training split) and, for
     the densities in :data:`~rawflow.data.datasets.TRUE_LOG_PROB` (8 Gaussians, checkerboard),
-    ``true_nll`` (the closed-form density on the same points). With ``comm`` the NLL
+    ``true_nll`` (the closed-form density on the same points). Images also give the ``n_bins`` the
+    bits/dim use, and for ``n``-bit data ``n_bits`` and ``bits_per_dim_note`` (not comparable with
+    the full data's figures). With ``comm`` the NLL
     is evaluated in shares across the ranks (:func:`rawflow.training.loop.evaluate_nll`).
     """
     rows = getattr(data, split)
     if len(rows) == 0:
         return {}
     p = f"{split}_" if prefix is None else prefix
-    nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024, comm=comm)
+    x, y = eval_inputs(cfg, data, split, xp), eval_labels(cfg, data, split, xp)
+    nll = evaluate_nll(model, params, x, batch_size=1024, comm=comm, y=y)
     out: dict[str, Any] = {f"{p}nll": nll, f"{p}n": int(len(rows))}
+    if conditioning(cfg) == "labels":
+        out.update(class_metrics(model, params, x, y, p))
     if data.kind == "image":
         from ..data.images import bits_per_dim, independent_pixel_baseline
 
+        from ..data.images import n_bits_note
+
         out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
+        if f"{p}marginal_nll" in out:
+            out[f"{p}marginal_bits_per_dim"] = bits_per_dim(out[f"{p}marginal_nll"], data.dims, data.n_bins)
         out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
+        out[f"{p}n_bins"] = int(data.n_bins)
+        if cfg.get("n_bits") is not None:
+            out[f"{p}n_bits"] = int(cfg["n_bits"])
+            out[f"{p}bits_per_dim_note"] = n_bits_note(cfg["n_bits"], data.data_n_bins or cfg.get("data_n_bins"))
     else:
         value, why = gaussian_baseline(data.train, rows)
         out[f"{p}gaussian_nll"] = value
@@ -676,6 +891,33 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
             out[f"{p}gaussian_note"] = why
         if data.name in TRUE_LOG_PROB:
             out[f"{p}true_nll"] = float(-TRUE_LOG_PROB[data.name](rows).mean())
+    return out
+
+
+def class_metrics(model: FlowModel, params: dict, x, y: np.ndarray, prefix: str = "", batch_size: int = 1024) -> dict:
+    """What a class-conditional model says about held-out ``(x, y)``, besides ``−log p(x | y)``:
+
+    * ``marginal_nll``: ``−log p(x)`` with the labels unknown, ``p(x) = (1/K) Σ_k p(x | k)`` (a
+      uniform class prior), comparable with an unconditional model's NLL;
+    * ``bayes_accuracy``: how often ``argmax_k p(x | k)`` is the label (the flow as a classifier);
+    * ``classifier_accuracy``: the same for openai's classifier head, when the model has one.
+    """
+    k = model.classes
+    marginal, bayes, head = 0.0, 0, 0
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        per_class = to_numpy(model.log_prob_per_class(params, xb)).astype(np.float64)  # (B, K)
+        top = per_class.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(per_class - top).sum(axis=1)) + top[:, 0]
+        marginal += float((lse - math.log(k)).sum())
+        bayes += int((per_class.argmax(axis=1) == yb).sum())
+        if model.classifier is not None:
+            logits = to_numpy(model.classifier_logits(params, xb, yb))
+            head += int((logits.argmax(axis=1) == yb).sum())
+    n = x.shape[0]
+    out = {f"{prefix}marginal_nll": -marginal / n, f"{prefix}bayes_accuracy": bayes / n, f"{prefix}classes": k}
+    if model.classifier is not None:
+        out[f"{prefix}classifier_accuracy"] = head / n
     return out
 
 
@@ -756,7 +998,9 @@ def run_training(
 
     optimizer = make_optimizer(cfg)
     train_x, batch_fn = _host_batches(cfg, data, xp)
+    train_y = eval_labels(cfg, data, "train", xp)
     val_x = eval_inputs(cfg, data, "val", xp) if len(data.val) else None
+    val_y = eval_labels(cfg, data, "val", xp) if len(data.val) else None
     steps, every_eval, every_ckpt = cfg["steps"], cfg["eval_every"], cfg["checkpoint_every"]
     bar = _bar(steps, st.step, desc) if not quiet else None
     start, first_step = time.perf_counter(), st.step
@@ -774,10 +1018,10 @@ def run_training(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while st.step < steps and st.stopped is None:
                 target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
-                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm)
+                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm, train_y)
                 if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
                     try:
-                        _evaluate(cfg, model, st, val_x, comm)
+                        _evaluate(cfg, model, st, val_x, comm, val_y)
                     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                         # the last update made parameters a layer refuses (an LU factor overflowed)
                         raise _diverged(st.step, f"the updated parameters are unusable ({exc})", ckpt) from exc
@@ -790,9 +1034,10 @@ def run_training(
     elapsed = time.perf_counter() - start
     if st.stopped and not quiet:
         log(st.stopped)
-    final = st.best if st.best is not None else st.params
+    final = st.best if st.best is not None else eval_params(cfg, st)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         held_out = held_out_metrics(cfg, model, final, data, "test", xp, comm=comm)
+        held_out.update(_raw_metrics(cfg, model, st, data, xp, comm))
     metrics = {
         "model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
         "best_step": st.best_step if st.best is not None else st.step,
@@ -827,9 +1072,10 @@ def _finished(cfg: dict, st: TrainState, out: str) -> dict:
 
 def _final_metrics_only(cfg: dict, st: TrainState, out: str) -> dict:
     data, model, xp = load_run_data(cfg), build_model(cfg), device_namespace(cfg["device"])
-    final = st.best if st.best is not None else st.params
+    final = st.best if st.best is not None else eval_params(cfg, st)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         held_out = held_out_metrics(cfg, model, final, data, "test", xp)
+        held_out.update(_raw_metrics(cfg, model, st, data, xp))
     metrics = {"model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
                "best_step": st.best_step if st.best is not None else st.step, "stopped": st.stopped,
                "final_batch_loss": st.losses[-1] if st.losses else None, "best_val_nll": st.best_val, **held_out,
@@ -837,6 +1083,16 @@ def _final_metrics_only(cfg: dict, st: TrainState, out: str) -> dict:
     write_json(os.path.join(out, METRICS), metrics)
     _plot_losses(cfg, data, out, st)
     return metrics
+
+
+def _raw_metrics(cfg: dict, model: FlowModel, st: TrainState, data: Data, xp, comm=None) -> dict:
+    """A run with a moving average: what it reports (``ema``, ``evaluated``) and the test figures of
+    the latest raw parameters beside the averaged ones (``raw_test_*``); nothing otherwise."""
+    if cfg.get("ema") is None:
+        return {}
+    raw = held_out_metrics(cfg, model, st.params, data, "test", xp, prefix="raw_test_", comm=comm)
+    keep = ("raw_test_nll", "raw_test_bits_per_dim")
+    return {"ema": cfg["ema"], "evaluated": "ema", **{k: raw[k] for k in keep if k in raw}}
 
 
 def _plot_losses(cfg: dict, data: Data, out: str, st: TrainState) -> None:
@@ -852,7 +1108,8 @@ def _plot_losses(cfg: dict, data: Data, out: str, st: TrainState) -> None:
 
         losses = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in losses])
         val = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in val])
-        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, ylabel="bits/dim", title=title)
+        label = "bits/dim" if cfg.get("n_bits") is None else f"bits/dim ({cfg['n_bits']}-bit data)"
+        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, ylabel=label, title=title)
     else:
         loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, title=title)
 
@@ -865,13 +1122,13 @@ def _drop_legacy_checkpoint(out: str) -> None:
 
 
 def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str,
-             comm: Communicator | None = None) -> None:
+             comm: Communicator | None = None, train_y=None) -> None:
     """Train from ``st.step`` to ``target`` and update ``st``; :class:`RunDiverged` leaves ``st`` as it was."""
     try:
         params, opt_state, losses = train(
             model, st.params, train_x, optimizer, target - st.step, cfg["batch_size"], st.rng,
             opt_state=st.opt_state, max_grad_norm=cfg["clip"], callback=on_step, loader=st.loader,
-            batch_fn=batch_fn, comm=comm,
+            batch_fn=batch_fn, comm=comm, y=train_y,
         )
     except TrainingDiverged as err:
         if err.__cause__ is not None:
@@ -903,14 +1160,16 @@ def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None) -> None:
-    nll = evaluate_nll(model, st.params, val_x, batch_size=1024, comm=comm)
+def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None,
+              val_y=None) -> None:
+    params = eval_params(cfg, st)
+    nll = evaluate_nll(model, params, val_x, batch_size=1024, comm=comm, y=val_y)
     st.val_steps.append(st.step)
     st.val_nll.append(nll)
     if not math.isfinite(nll):
         st.bad_evals += 1
     elif st.best_val is None or nll < st.best_val:
-        st.best, st.best_val, st.best_step, st.bad_evals = st.params, nll, st.step, 0
+        st.best, st.best_val, st.best_step, st.bad_evals = params, nll, st.step, 0
     else:
         st.bad_evals += 1
     patience = cfg["patience"]

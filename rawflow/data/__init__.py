@@ -14,7 +14,8 @@ from .datasets import (
     spirals,
     two_moons,
 )
-from .images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
+from .images import (bits_per_dim, dequantize, digit_labels, digits, independent_pixel_baseline, load_images,
+                     n_bits_note, reduce_bits)
 
 __all__ = [
     "TRUE_LOG_PROB",
@@ -23,14 +24,17 @@ __all__ = [
     "checkerboard_log_prob",
     "circles",
     "dequantize",
+    "digit_labels",
     "digits",
     "eight_gaussians",
     "eight_gaussians_log_prob",
     "independent_pixel_baseline",
     "load_images",
     "make_2d",
+    "n_bits_note",
     "pinwheel",
     "read_array",
+    "reduce_bits",
     "spirals",
     "two_moons",
 ]

@@ -8,6 +8,11 @@ no feature is only ever copied. Every coupling starts as the identity (zero last
   ``z = y ⊙ exp(log_scale)`` (Dinh et al., 2015), the only layer that changes volume.
 * :func:`glow_vectors`: Glow's step of flow on vectors, ``K`` × [ActNorm → LU-decomposed ``D × D``
   linear map → affine coupling] (Kingma & Dhariwal, 2018, with the 1×1 convolution as a dense map).
+
+``context=K`` makes :func:`realnvp` or :func:`nice` a conditional flow ``p(x | c)``, ``c: (N, K)``:
+every coupling's MLP also sees ``c`` (:mod:`rawflow.bijectors.conditional_coupling`). For images,
+:func:`glow` and :func:`class_conditional_glow` (openai/glow's ``--ycond``: the class enters the top
+prior, optionally the split priors, and a classifier head reads the top latent).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..bijectors.chain import Chain
+from ..bijectors.conditional_coupling import ConditionalAdditiveCoupling, ConditionalAffineCoupling
 from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
 from ..bijectors.scaling import DiagonalScaling
 
@@ -34,11 +40,15 @@ def realnvp(
     activation: str = "relu",
     *,
     reconstruct: bool = False,
+    context: int | None = None,
 ) -> Chain:
-    """``n_couplings`` affine couplings on ``(N, features)`` data, alternating the copied half."""
+    """``n_couplings`` affine couplings on ``(N, features)`` data, alternating the copied half;
+    conditional on ``c: (N, context)`` when ``context`` is given."""
     _check("realnvp", features, n_couplings)
+    kw = dict(scale=scale, hidden=tuple(hidden), activation=activation)
     layers = [
-        AffineCoupling(int(features), scale=scale, flip=bool(i % 2), hidden=tuple(hidden), activation=activation)
+        AffineCoupling(int(features), flip=bool(i % 2), **kw) if context is None
+        else ConditionalAffineCoupling(int(features), context, flip=bool(i % 2), **kw)
         for i in range(int(n_couplings))
     ]
     return Chain(layers, reconstruct=reconstruct)
@@ -51,11 +61,15 @@ def nice(
     activation: str = "relu",
     *,
     reconstruct: bool = False,
+    context: int | None = None,
 ) -> Chain:
-    """``n_couplings`` additive couplings, alternating the copied half, then a diagonal scaling."""
+    """``n_couplings`` additive couplings, alternating the copied half, then a diagonal scaling;
+    conditional on ``c: (N, context)`` when ``context`` is given."""
     _check("nice", features, n_couplings)
+    kw = dict(hidden=tuple(hidden), activation=activation)
     layers = [
-        AdditiveCoupling(int(features), flip=bool(i % 2), hidden=tuple(hidden), activation=activation)
+        AdditiveCoupling(int(features), flip=bool(i % 2), **kw) if context is None
+        else ConditionalAdditiveCoupling(int(features), context, flip=bool(i % 2), **kw)
         for i in range(int(n_couplings))
     ]
     return Chain([*layers, DiagonalScaling(int(features))], reconstruct=reconstruct)
@@ -88,15 +102,21 @@ def glow_vectors(
 
 
 # ---------------------------------------------------------------------------- images (N, C, H, W)
-def _mixer(kind: str, channels: int, seed: int):
-    """Glow's channel mixing between couplings."""
+#: Glow's layer definitions: rawflow's own, or openai/glow's reference code (docs/glow-variants.md)
+VARIANTS = ("rawflow", "openai")
+
+
+def _mixer(kind: str, channels: int, seed: int, variant: str = "rawflow"):
+    """Glow's channel mixing between couplings (``"dense"`` under ``variant="openai"``: the
+    reference's float64 log-det, :class:`~rawflow.bijectors.openai.OpenAIInvConv`)."""
     from ..bijectors.linear import DenseLinear, LULinear
+    from ..bijectors.openai import OpenAIInvConv
     from ..bijectors.permutation import Permutation, Reverse
 
     if kind == "lu":
         return LULinear(channels, spatial=2, seed=seed)
     if kind == "dense":
-        return DenseLinear(channels, spatial=2, seed=seed)
+        return (OpenAIInvConv if variant == "openai" else DenseLinear)(channels, spatial=2, seed=seed)
     if kind == "reverse":
         return Reverse(channels, spatial=2)
     if kind == "shuffle":
@@ -121,25 +141,39 @@ def glow(
     image_shape=(1, 8, 8),
     *,
     coupling: str = "affine",
-    permutation: str = "lu",
+    permutation: str | None = None,
     scale: str = "sigmoid",
     learn_top: bool = True,
     reconstruct: bool = False,
     seed: int = 0,
+    variant: str = "rawflow",
+    split_context: int | None = None,
 ):
     """Glow (Kingma & Dhariwal, 2018): ``L`` levels of squeeze → ``K`` × [ActNorm → 1×1 mixing →
     coupling] → split, returning a :class:`~rawflow.bijectors.multiscale.MultiScale` onto a flat latent.
 
     ``coupling``: ``"affine"`` (scale map ``scale``, Glow's code uses ``sigmoid(h + 2)``) or
     ``"additive"``; conditioners are Glow's conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU →
-    zero conv3×3 of ``width`` channels. ``permutation``: ``"lu"`` | ``"dense"`` | ``"reverse"`` |
-    ``"shuffle"``. Each split scores the factored half under a Gaussian from the kept half (Glow's
-    split prior); ``learn_top`` ends the last level with a zero-initialised ActNorm, i.e. a learned
-    diagonal Gaussian top prior under a standard normal ``prior``. Use with ``StandardNormal((C·H·W,))``.
+    zero conv3×3 of ``width`` channels. ``permutation``: ``"lu"`` (default) | ``"dense"`` |
+    ``"reverse"`` | ``"shuffle"``. Each split scores the factored half under a Gaussian from the
+    kept half (Glow's split prior); ``learn_top`` ends the last level with a zero-initialised
+    ActNorm, i.e. a learned diagonal Gaussian top prior under a standard normal ``prior``. Use with
+    ``StandardNormal((C·H·W,))``. ``split_context=K`` conditions every split prior on ``c: (N, K)``
+    (:class:`~rawflow.bijectors.conditional_prior.ConditionalSplit`); the flow is then conditional.
+
+    ``variant="openai"`` builds the same architecture from the reference code's own definitions
+    (:mod:`rawflow.bijectors.openai`; ``docs/glow-variants.md`` lists every difference): ActNorm
+    ``(x + b)·exp(3·logs)`` with its ``1/(√var + 1e-6)`` init, the coupling
+    ``(x_b + h[0::2])·sigmoid(h[1::2] + 2)``, edge-padded convolutions with factor-3 norms in the
+    network, the split prior's edge-padded ``Conv2dZeros``, the dense 1×1 convolution with a
+    float64 log-det (``permutation`` default ``"dense"``) and ``learn_top`` as the reference's
+    ``--learntop`` prior. Its scale map is fixed (``scale`` must be ``"sigmoid"``).
     """
     from ..bijectors.actnorm import ActNorm
+    from ..bijectors.conditional_prior import ConditionalSplit
     from ..bijectors.image_coupling import ChannelCoupling
     from ..bijectors.multiscale import MultiScale
+    from ..bijectors.openai import OpenAIActNorm, OpenAICoupling, OpenAILearnTop, OpenAISplit
     from ..bijectors.split import Split
     from ..bijectors.squeeze import Squeeze
 
@@ -148,25 +182,79 @@ def glow(
             raise ValueError(f"glow: {label} must be a positive integer, got {v!r}")
     if coupling not in ("affine", "additive"):
         raise ValueError(f"glow: coupling must be 'affine' or 'additive', got {coupling!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"glow: variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    openai = variant == "openai"
+    if openai and scale != "sigmoid":
+        raise ValueError(f"glow: variant 'openai' has the reference's scale map sigmoid(h + 2), got scale={scale!r}")
+    if openai and split_context is not None:
+        raise ValueError("glow: variant 'openai' has the reference's unconditional split prior; split_context "
+                         "needs variant='rawflow'")
+    if permutation is None:
+        permutation = "dense" if openai else "lu"
     c, h, w = _image_shape("glow", image_shape, L)
     levels, keep = [], []
     for level in range(int(L)):
         layers = [Squeeze(c)]
         c *= 4
         for k in range(int(K)):
-            layers += [
-                ActNorm(c, spatial=2),
-                _mixer(permutation, c, seed=seed + 1000 * level + k),
-                ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow"),
-            ]
+            mixer = _mixer(permutation, c, seed + 1000 * level + k, variant)
+            if openai:
+                layers += [OpenAIActNorm(c, spatial=2), mixer, OpenAICoupling(c, coupling, width=int(width))]
+            else:
+                layers += [ActNorm(c, spatial=2), mixer,
+                           ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow")]
         if level < L - 1:
-            layers.append(Split(c))
+            layers.append(OpenAISplit(c) if openai else Split(c) if split_context is None
+                          else ConditionalSplit(c, split_context))
             keep.append(c // 2)
             c //= 2
         elif learn_top:
-            layers.append(ActNorm(c, spatial=2, data_init=False))
+            layers.append(OpenAILearnTop(c) if openai else ActNorm(c, spatial=2, data_init=False))
         levels.append(Chain(layers, reconstruct=reconstruct))
     return MultiScale(levels, keep, (int(image_shape[0]), h, w), reconstruct=reconstruct)
+
+
+def class_conditional_glow(
+    K: int,
+    L: int,
+    width: int,
+    image_shape=(1, 8, 8),
+    n_classes: int = 10,
+    *,
+    weight_y: float = 0.0,
+    learn_top: bool = True,
+    split_prior: bool = False,
+    coupling: str = "affine",
+    permutation: str = "lu",
+    scale: str = "sigmoid",
+    reconstruct: bool = False,
+    seed: int = 0,
+):
+    """openai/glow with ``--ycond`` (and ``--learntop``, ``--weight_y``): a class-conditional
+    :class:`~rawflow.models.model.FlowModel` of ``p(x | y)``, ``y`` an integer label in ``[0, n_classes)``.
+
+    The flow is :func:`glow` without the learned-top layer; its flat latent is scored by a
+    :class:`~rawflow.bijectors.conditional_prior.MultiScalePrior` whose top prior
+    (:class:`~rawflow.bijectors.conditional_prior.GlowTop`) has openai's mean and log-std
+    ``b ⊙ exp(3·logs)`` (``learn_top``) ``+ linear_zeros(one_hot(y))``. ``split_prior=True`` adds the
+    class term to every split prior too (the flow is then conditional). With ``weight_y > 0`` a
+    :class:`~rawflow.models.classifier.ClassifierHead` on the mean-pooled top latent adds openai's
+    cross-entropy term to the objective (openai's conditional examples use ``weight_y = 0.01``).
+    Every class term starts at zero: a fresh model is the unconditional Glow.
+    """
+    from ..bijectors.conditional_prior import GlowTop, MultiScalePrior
+    from .classifier import ClassifierHead
+    from .model import FlowModel
+
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"class_conditional_glow: n_classes must be an integer ≥ 2, got {n_classes!r}")
+    flow = glow(K, L, width, image_shape, coupling=coupling, permutation=permutation, scale=scale, learn_top=False,
+                reconstruct=reconstruct, seed=seed, split_context=n_classes if split_prior else None)
+    top_shape = flow.pieces[-1]
+    prior = MultiScalePrior(flow.size, top_shape, GlowTop(top_shape[0], context=n_classes, learn_top=learn_top))
+    head = ClassifierHead(flow.size, top_shape, n_classes) if weight_y > 0 else None
+    return FlowModel(flow, prior, classes=n_classes, classifier=head, weight_y=weight_y)
 
 
 def realnvp_multiscale(
