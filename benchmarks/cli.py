@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-from . import SUITES, harness, runtime
+from . import DEFAULT_SUITES, SUITES, harness, runtime
 from .registry import operations, parse_impl_spec, register, user_implementations
 from .runner import Options, Skip, make_context
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "spread, ratio to the named baseline, bandwidth against the machine's copy bandwidth, peak memory, "
                     "and the error of every implementation against rawflow's float64 reference.",
     )
-    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all of {', '.join(SUITES)})")
+    p.add_argument("suites", nargs="*", metavar="SUITE",
+                   help=f"suites to run (default: {', '.join(DEFAULT_SUITES)}; also: "
+                        f"{', '.join(s for s in SUITES if s not in DEFAULT_SUITES)})")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats, no torch.compile (a smoke test)")
     p.add_argument("--json", metavar="FILE", help="write every measurement, the machine and package versions as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    suites = args.suites or list(SUITES)
+    suites = args.suites or list(DEFAULT_SUITES)
     from rawflow._files import check_writable
 
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
             what = "skipped" if "skipped" in entry else "failed"
             text.append(f"suite {what}: {entry.get('skipped') or entry.get('error')}")
         if rows:
-            text.append(harness.format_table(shown_rows(rows)))
+            shown = shown_rows(rows)
+            text.append(mod.format_rows(shown) if hasattr(mod, "format_rows") else harness.format_table(shown))
         text += [f"note: {n}" for n in entry["notes"]]
         if hasattr(mod, "targets"):
             tg = mod.targets(rows, opts)
@@ -267,7 +270,8 @@ def markdown_report(results: dict) -> str:
         if what:
             out += [f"suite {'skipped' if entry.get('skipped') else 'failed'}: {what}", ""]
         if rows:
-            out += [harness.markdown_table(rows), ""]
+            mod = suite_module(name) if name in SUITES else None
+            out += [mod.markdown_rows(rows) if hasattr(mod, "markdown_rows") else harness.markdown_table(rows), ""]
         notes = list(entry.get("notes", []))
         if entry.get("loadavg_start") and entry.get("loadavg_end"):
             notes.append(f"load average {entry['loadavg_start'][0]:.1f} → {entry['loadavg_end'][0]:.1f}, "

@@ -1,8 +1,9 @@
 """The same flow in PyTorch: a rawflow bijector's structure and parameters, evaluated with torch ops.
 
 :func:`forward` / :func:`inverse` walk a rawflow flow (``MultiScale``, ``Chain``, ``Squeeze``,
-``ActNorm``, ``LULinear``, ``DenseLinear``, affine/additive ``Coupling`` including the image
-couplings, ``Split``; conditioners ``MLP`` and ``GlowCNN``) and compute what each layer's
+``Flatten``, ``ActNorm``, ``DiagonalScaling``, ``LULinear``, ``DenseLinear``, ``Logit``,
+affine/additive ``Coupling`` including the image couplings and ``CheckerboardCoupling``, ``Split``;
+conditioners ``MLP``, ``GlowCNN`` and ``ResNetCNN``) and compute what each layer's
 docstring defines, written the way a PyTorch user would write it (``F.conv2d``, broadcasting,
 autograd for the gradients). Parameters are the rawflow parameter tree with torch leaves
 (:func:`to_torch`), so the torch model is *the same function*: :func:`check_same` confirms it
@@ -142,6 +143,15 @@ def _unsqueeze(z):
     return z.reshape(n, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c4 // 4, 2 * h, 2 * w)
 
 
+def _checker(layer, x):
+    """RealNVP's checkerboard: ``True`` where ``(i + j) mod 2 = parity`` (copied pixels), ``(1, 1, H, W)``."""
+    import torch
+
+    h, w = x.shape[2], x.shape[3]
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return ((i + j) % 2 == layer.parity).reshape(1, 1, h, w)
+
+
 def _positions(x):
     return math.prod(x.shape[2:])
 
@@ -153,7 +163,10 @@ def forward(layer, p, x):
     import torch.nn.functional as F
 
     from rawflow import ActNorm, AdditiveTransform, AffineTransform, Chain, Coupling, DenseLinear, LULinear
+    from rawflow.bijectors.image_coupling import CheckerboardCoupling
+    from rawflow.bijectors.logit import Logit
     from rawflow.bijectors.multiscale import MultiScale
+    from rawflow.bijectors.scaling import DiagonalScaling
     from rawflow.bijectors.split import Split
     from rawflow.bijectors.squeeze import Flatten, Squeeze
 
@@ -183,11 +196,26 @@ def forward(layer, p, x):
         view = (1, -1) + (1,) * (x.ndim - 2)
         z = (x + p["bias"].view(view)) * torch.exp(p["log_scale"]).view(view)
         return z, zero + _positions(x) * p["log_scale"].sum()
+    if isinstance(layer, DiagonalScaling):  # NICE's z = x ⊙ exp(log_scale)
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        return x * torch.exp(p["log_scale"]).view(view), zero + _positions(x) * p["log_scale"].sum()
+    if isinstance(layer, Logit):  # z = logit(α + (1 − 2α)x), log-det Σ[log(1 − 2α) + softplus(z) + softplus(−z)]
+        q = layer.alpha + (1 - 2 * layer.alpha) * x
+        z = torch.log(q) - torch.log1p(-q)
+        return z, _row_sum(math.log1p(-2 * layer.alpha) + F.softplus(z) + F.softplus(-z))
     if isinstance(layer, (LULinear, DenseLinear)):
         w = _lu_weight(layer, p) if isinstance(layer, LULinear) else p["weight"]
         ld = p["log_scale"].sum() if isinstance(layer, LULinear) else torch.linalg.slogdet(w)[1]
         z = F.conv2d(x, w[:, :, None, None]) if x.ndim == 4 else x @ w.T
         return z, zero + _positions(x) * ld
+    if isinstance(layer, CheckerboardCoupling):
+        copied = _checker(layer, x)
+        h = _net(layer.net, p["net"], torch.where(copied, x, torch.zeros((), dtype=x.dtype)))
+        if isinstance(layer.transform, AdditiveTransform):
+            return torch.where(copied, x, x + h), zero
+        c = h.shape[1] // 2
+        log_s, s = _scale(layer.transform, h[:, :c])
+        return torch.where(copied, x, x * s + h[:, c:]), _row_sum(torch.where(copied, 0.0, log_s))
     if isinstance(layer, Coupling):
         xa, xb = _split(layer.partition, x)
         h = _net(layer.net, p["net"], xa)
@@ -212,7 +240,10 @@ def inverse(layer, p, z):
     import torch.nn.functional as F
 
     from rawflow import ActNorm, AdditiveTransform, Chain, Coupling, DenseLinear, LULinear
+    from rawflow.bijectors.image_coupling import CheckerboardCoupling
+    from rawflow.bijectors.logit import Logit
     from rawflow.bijectors.multiscale import MultiScale
+    from rawflow.bijectors.scaling import DiagonalScaling
     from rawflow.bijectors.split import Split
     from rawflow.bijectors.squeeze import Flatten, Squeeze
 
@@ -238,6 +269,18 @@ def inverse(layer, p, z):
     if isinstance(layer, ActNorm):
         view = (1, -1) + (1,) * (z.ndim - 2)
         return z / torch.exp(p["log_scale"]).view(view) - p["bias"].view(view)
+    if isinstance(layer, DiagonalScaling):
+        return z / torch.exp(p["log_scale"]).view((1, -1) + (1,) * (z.ndim - 2))
+    if isinstance(layer, Logit):
+        return (torch.sigmoid(z) - layer.alpha) / (1 - 2 * layer.alpha)
+    if isinstance(layer, CheckerboardCoupling):
+        copied = _checker(layer, z)
+        h = _net(layer.net, p["net"], torch.where(copied, z, torch.zeros((), dtype=z.dtype)))
+        if isinstance(layer.transform, AdditiveTransform):
+            return torch.where(copied, z, z - h)
+        c = h.shape[1] // 2
+        _, s = _scale(layer.transform, h[:, :c])
+        return torch.where(copied, z, (z - h[:, c:]) / s)
     if isinstance(layer, (LULinear, DenseLinear)):
         w = _lu_weight(layer, p) if isinstance(layer, LULinear) else p["weight"]
         winv = torch.linalg.inv(w)

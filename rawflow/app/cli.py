@@ -190,15 +190,15 @@ def _add_train(commands) -> None:
         "and data; with --resume they come from the run's config.json.",
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--model", choices=("nice", "realnvp", "glow"), help="architecture (glow: images only)")
+    g.add_argument("--model", choices=("nice", "realnvp", "glow"), help="architecture")
     g.add_argument("--data", metavar="NAME|PATH", help="dataset name or .npy/.npz file")
     g.add_argument("--data-key", metavar="KEY", help="array name inside a .npz with several arrays")
     g.add_argument("--n-samples", type=_positive_int, metavar="N", help="points drawn from a 2-D density (default 25000)")
     g.add_argument("--couplings", type=_positive_int, metavar="N", help="nice/realnvp (vectors): coupling layers")
-    g.add_argument("--hidden", type=_hidden, metavar="W,W", help="nice/realnvp (vectors), nice (images): MLP widths")
+    g.add_argument("--hidden", type=_hidden, metavar="W,W", help="vectors, nice (images): MLP widths")
     g.add_argument("--scale", choices=("exp", "bounded", "sigmoid"), help="affine couplings' scale map")
     g.add_argument("--activation", choices=("relu", "tanh", "leaky_relu"), help="MLP activation (vectors)")
-    g.add_argument("--K", type=_positive_int, metavar="K", help="glow: steps of flow per level")
+    g.add_argument("--K", type=_positive_int, metavar="K", help="glow: steps of flow (per level on images)")
     g.add_argument("--L", type=_positive_int, metavar="L", help="glow, realnvp (images): levels")
     g.add_argument("--width", type=_positive_int, metavar="C", help="glow, realnvp (images): conditioner channels")
     g.add_argument("--coupling", choices=("affine", "additive"), help="glow: coupling type")
@@ -221,7 +221,8 @@ def _add_train(commands) -> None:
     g.add_argument("--context", action="store_const", const=True,
                    help="realnvp/nice (vectors): conditional p(x | c) on the float rows 'c' of a .npz (x: 'x')")
     g.add_argument("--preprocess", choices=("center", "logit"),
-                   help="images: x − ½ (glow, nice default) or a logit layer (realnvp default)")
+                   help="images: a logit layer (default) or x − ½ (a constant Jacobian: weaker on pixels that pile up "
+                   "at 0 or the top level)")
     g.add_argument("--logit-alpha", type=float, metavar="A", help="images: logit's α (default 0.05)")
     g.add_argument("--n-bits", type=_n_bits, metavar="N",
                    help="images: model N-bit data (openai/glow's --n_bits_x; 8-bit pixels v → ⌊v/2^(8−N)⌋; the "
@@ -234,7 +235,8 @@ def _add_train(commands) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default constant)")
     g.add_argument("--warmup", type=_nonneg_int, metavar="N", help="linear warm-up steps (default 0)")
     g.add_argument("--batch-size", type=_positive_int, metavar="B", help="default 128")
-    g.add_argument("--steps", type=_positive_int, metavar="N", help="optimiser steps (default 2000)")
+    g.add_argument("--steps", type=_positive_int, metavar="N", help="optimiser steps (default: 2000 for images, "
+                   "6000 for vectors)")
     g.add_argument("--clip", type=_positive_float, metavar="NORM", help="clip the global gradient norm")
     g.add_argument("--ema", type=_decay, metavar="DECAY",
                    help="Polyak averaging: keep θ̄ ← θ̄ − (1 − DECAY)(θ̄ − θ) after every step, checkpointed; validation, "
@@ -243,13 +245,14 @@ def _add_train(commands) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--backend", choices=("reference", "numba", "auto"), help="coupling kernels (default reference)")
     g.add_argument("--device", choices=("cpu", "gpu"), help="gpu: CuPy arrays (default cpu)")
-    g.add_argument("--dtype", choices=("float32", "float64"), help="default float64")
+    g.add_argument("--dtype", choices=("float32", "float64"), help="default: float32 for images, float64 for vectors")
     g.add_argument("--seed", type=_seed, metavar="S", help="default 0")
     g.add_argument("--val-fraction", type=_fraction, metavar="F", help="validation split (default 0.1)")
     g.add_argument("--test-fraction", type=_fraction, metavar="F", help="held-out test split (default 0.1)")
     g.add_argument("--eval-every", type=_positive_int, metavar="N", help="validation every N steps (default steps/20)")
-    g.add_argument("--patience", type=_positive_int, metavar="P",
-                   help="stop after P validations without improvement (default: never)")
+    g.add_argument("--patience", type=_nonneg_int, metavar="P",
+                   help="stop after P validations without improvement (default 5; 0: never). Either way the "
+                   "held-out figures, sample, interpolate and eval use the best-validation parameters")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="default: --eval-every")
     g.add_argument("--out", default="rawflow-run", metavar="DIR",
                    help="run folder: new, empty, or a run to --resume (default: %(default)s); locked while training")
@@ -448,6 +451,19 @@ def _class_summary(metrics: dict) -> str:
 
 
 def _summary(metrics: dict) -> str:
+    return _which_parameters(metrics) + _held_out(metrics)
+
+
+def _which_parameters(metrics: dict) -> str:
+    """Which parameters the held-out figures come from: the best-validation ones, restored."""
+    best, steps = metrics.get("best_step"), metrics.get("steps")
+    if metrics.get("best_val_nll") is None or best is None:
+        return ""
+    stop = f", stopped early at step {steps}" if metrics.get("stopped") else f" of {steps}"
+    return f"best validation NLL at step {best}{stop}; its parameters are restored for the figures below\n"
+
+
+def _held_out(metrics: dict) -> str:
     if "test_bits_per_dim" in metrics:
         given = " given the labels" if "test_bayes_accuracy" in metrics else ""
         text = (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim{given} (NLL "
@@ -502,6 +518,8 @@ def _resume_config(args) -> dict:
             and os.path.abspath(given["data"]) != cfg["data"]:
         raise RunError(f"--data {given['data']} differs from the run's data {cfg['data']}")
     given.pop("data", None)
+    if given.get("patience") == 0 and cfg.get("patience") is None:
+        given.pop("patience")  # --patience 0 (never) is what a config's null says
     conflicts = [f"{_flag(k)} {v} (run has {cfg.get(k)})" for k, v in given.items()
                  if cfg.get(k) != v and k not in RESUMABLE_CHANGES]
     conflicts += [f"{_flag(k)} {v} (run has {cfg['arch'].get(k)})" for k, v in options["arch"].items()
@@ -549,7 +567,7 @@ def _train_warnings(args, cfg: dict) -> list[str]:
     if cfg["warmup"] > cfg["steps"]:
         out.append(f"--warmup {cfg['warmup']} is longer than the run's {cfg['steps']} steps: the learning rate "
                    f"never reaches --lr (it peaks at {cfg['steps'] / cfg['warmup']:.3g}× of it)")
-    if args.patience is not None and cfg["val_fraction"] == 0:
+    if args.patience and cfg["val_fraction"] == 0:
         out.append("--patience needs a validation split")
     return out
 
@@ -613,10 +631,13 @@ def run_train(args: argparse.Namespace) -> int:
             if lead and not args.quiet:
                 arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
                 ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
+                pre = f", {cfg['preprocess']} preprocessing" if cfg["kind"] == "image" and cfg["preprocess"] else ""
+                stop = (f", early stopping after {cfg['patience']} evaluations without improvement"
+                        if cfg["patience"] else "")
                 extra = (f", {cfg['n_bits']}-bit data" if cfg.get("n_bits") is not None else "") + (
                     f", EMA {cfg['ema']:g}" if cfg.get("ema") is not None else "")
-                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}{extra}, "
-                      f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
+                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}{pre}{extra}, "
+                      f"splits {cfg['split_sizes']}, {cfg['steps']} steps{stop}, {cfg['optimizer']} lr {cfg['lr']}, "
                       f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
             with _blas_threads(args.threads):
                 metrics = run_training(cfg, args.out, resume=args.resume, quiet=args.quiet, comm=comm)

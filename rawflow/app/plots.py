@@ -143,7 +143,7 @@ def paths_2d(path: str, data: np.ndarray, paths: np.ndarray, title: str | None =
 
 
 def loss_curve(path: str, losses: Sequence[float], val_steps: Sequence[int] = (), val_nll: Sequence[float] = (),
-               ylabel: str = "NLL (nats)") -> str:
+               ylabel: str = "NLL (nats)", title: str | None = None) -> str:
     """Mini-batch loss per step (and a running mean), validation NLL at its evaluation steps."""
     losses = np.asarray(losses, dtype=float)
     fig = Figure(figsize=(6, 3.5), layout="constrained")
@@ -163,5 +163,7 @@ def loss_curve(path: str, losses: Sequence[float], val_steps: Sequence[int] = ()
         ax.plot(val_steps, val_nll, "o-", ms=3, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -59,8 +59,9 @@ def parameter_count(cfg: dict) -> int:
     d = math.prod(shape)
     if cfg["kind"] == "vector" or cfg["model"] == "nice":
         hidden = list(a.get("hidden", [64]))
-        out = 2 * d if cfg["model"] == "realnvp" else d
-        return a.get("n_couplings", 4) * _mlp([d, *hidden, out])
+        out = 2 * d if cfg["model"] in ("realnvp", "glow") else d
+        per_layer = _mlp([d, *hidden, out]) + (d * d + 2 * d if cfg["model"] == "glow" else 0)
+        return a.get("n_couplings", a.get("K", 4)) * per_layer
     c, h, w = shape if len(shape) == 3 else (1, *shape[-2:])
     width, levels = a.get("width", 32), a.get("L", 1)
     per_level = a.get("K", 1) if cfg["model"] == "glow" else 3 * a.get("blocks", 1)

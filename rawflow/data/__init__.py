@@ -3,7 +3,9 @@ pickle-free ``.npy`` / ``.npz`` reader (:mod:`.arrayfile`)."""
 
 from .arrayfile import read_array
 from .datasets import (
+    TRUE_LOG_PROB,
     checkerboard,
+    checkerboard_log_prob,
     circles,
     eight_gaussians,
     eight_gaussians_log_prob,
@@ -16,8 +18,10 @@ from .images import (bits_per_dim, dequantize, digit_labels, digits, independent
                      n_bits_note, reduce_bits)
 
 __all__ = [
+    "TRUE_LOG_PROB",
     "bits_per_dim",
     "checkerboard",
+    "checkerboard_log_prob",
     "circles",
     "dequantize",
     "digit_labels",

@@ -3,8 +3,9 @@
 Every function returns ``(n, 2)`` float64 NumPy samples in shuffled order (any slice is an i.i.d.
 sample) and depends only on ``rng``, so a seed reproduces the data bit for bit. The shapes follow
 the usual benchmarks (scikit-learn's moons/circles; FFJORD's 8 Gaussians, checkerboard, pinwheel and
-two spirals). :func:`eight_gaussians` has a closed-form density, :func:`eight_gaussians_log_prob`,
-an exact reference for a trained model's log-likelihood.
+two spirals). :func:`eight_gaussians` and :func:`checkerboard` have closed-form densities
+(:func:`eight_gaussians_log_prob`, :func:`checkerboard_log_prob`; both in :data:`TRUE_LOG_PROB`),
+exact references for a trained model's log-likelihood.
 
 >>> x = make_2d("two_moons", 1000, np.random.default_rng(0))
 """
@@ -99,6 +100,20 @@ def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     return 2 * np.stack([x1, x2], axis=1)
 
 
+CHECKERBOARD_LOG_AREA = math.log(32.0)  # 8 squares of side 2
+
+
+def checkerboard_log_prob(x) -> np.ndarray:
+    """Exact ``log p(x): (N,)`` of :func:`checkerboard`: ``−log 32`` on the 8 dark squares (side 2,
+    ``⌊x₁/2⌋ + ⌊x₂/2⌋`` even, inside ``[−4, 4)²``), ``−∞`` elsewhere."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"checkerboard_log_prob: x must have shape (N, 2), got {x.shape}")
+    cells = np.floor(x / 2)
+    inside = np.all((x >= -4) & (x < 4), axis=1) & (np.mod(cells.sum(axis=1), 2) == 0)
+    return np.where(inside, -CHECKERBOARD_LOG_AREA, -np.inf)
+
+
 def pinwheel(
     n: int,
     rng: np.random.Generator,
@@ -142,6 +157,13 @@ DATASETS: dict[str, Callable[..., np.ndarray]] = {
     "checkerboard": checkerboard,
     "pinwheel": pinwheel,
     "spirals": spirals,
+}
+
+
+# The densities whose log p is known in closed form (the reference for a model's held-out NLL).
+TRUE_LOG_PROB: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "eight_gaussians": eight_gaussians_log_prob,
+    "checkerboard": checkerboard_log_prob,
 }
 
 

@@ -6,11 +6,13 @@ no feature is only ever copied. Every coupling starts as the identity (zero last
 * :func:`realnvp`: affine couplings ``y_b = x_b ⊙ s(x_a) + t(x_a)`` (Dinh et al., 2017).
 * :func:`nice`: additive couplings ``y_b = x_b + t(x_a)`` followed by NICE's diagonal scaling
   ``z = y ⊙ exp(log_scale)`` (Dinh et al., 2015), the only layer that changes volume.
+* :func:`glow_vectors`: Glow's step of flow on vectors, ``K`` × [ActNorm → LU-decomposed ``D × D``
+  linear map → affine coupling] (Kingma & Dhariwal, 2018, with the 1×1 convolution as a dense map).
 
-``context=K`` makes either a conditional flow ``p(x | c)``, ``c: (N, K)``: every coupling's MLP
-also sees ``c`` (:mod:`rawflow.bijectors.conditional_coupling`). For images, :func:`glow` and
-:func:`class_conditional_glow` (openai/glow's ``--ycond``: the class enters the top prior, optionally
-the split priors, and a classifier head reads the top latent).
+``context=K`` makes :func:`realnvp` or :func:`nice` a conditional flow ``p(x | c)``, ``c: (N, K)``:
+every coupling's MLP also sees ``c`` (:mod:`rawflow.bijectors.conditional_coupling`). For images,
+:func:`glow` and :func:`class_conditional_glow` (openai/glow's ``--ycond``: the class enters the top
+prior, optionally the split priors, and a classifier head reads the top latent).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
 from ..bijectors.scaling import DiagonalScaling
 
 
-def _check(name: str, features: int, n_couplings: int) -> None:
+def _check(name: str, features: int, n_couplings: int, label: str = "n_couplings") -> None:
     if isinstance(features, bool) or int(features) != features or features < 2:
         raise ValueError(f"{name}: features must be an integer ≥ 2, got {features!r}")
     if isinstance(n_couplings, bool) or int(n_couplings) != n_couplings or n_couplings < 1:
-        raise ValueError(f"{name}: n_couplings must be a positive integer, got {n_couplings!r}")
+        raise ValueError(f"{name}: {label} must be a positive integer, got {n_couplings!r}")
 
 
 def realnvp(
@@ -71,6 +73,32 @@ def nice(
         for i in range(int(n_couplings))
     ]
     return Chain([*layers, DiagonalScaling(int(features))], reconstruct=reconstruct)
+
+
+def glow_vectors(
+    features: int,
+    K: int = 8,
+    hidden: Sequence[int] = (64, 64),
+    scale: str = "sigmoid",
+    activation: str = "relu",
+    *,
+    reconstruct: bool = False,
+    seed: int = 0,
+) -> Chain:
+    """Glow's step of flow on ``(N, features)`` data, ``K`` times: ActNorm (data-dependent init)
+    → ``LULinear`` (``W = P·L·(U + diag(s))``, the 1×1 convolution of a 1×1 image) → affine
+    coupling with an MLP conditioner (scale map ``sigmoid(h + 2)`` as in Glow's code). The learned
+    mixing replaces the fixed alternation of :func:`realnvp`; couplings still alternate ``flip``."""
+    from ..bijectors.actnorm import ActNorm
+    from ..bijectors.linear import LULinear
+
+    _check("glow_vectors", features, K, "K")
+    layers = []
+    for k in range(int(K)):
+        layers += [ActNorm(int(features)), LULinear(int(features), seed=seed + k),
+                   AffineCoupling(int(features), scale=scale, flip=bool(k % 2), hidden=tuple(hidden),
+                                  activation=activation)]
+    return Chain(layers, reconstruct=reconstruct)
 
 
 # ---------------------------------------------------------------------------- images (N, C, H, W)

@@ -56,6 +56,19 @@ def test_demo_quick_end_to_end(tmp_path):
     for name in ("eight_gaussians_density.png", "digits_samples.png", "digits_interpolation.png",
                  "digits_ycond_samples.png", "digits_translation.png", "eight_gaussians/loss.png", "digits/loss.png"):
         assert_png(out / name)
+    # every figure says which system it comes from, in the output and in metrics.json
+    figures = {os.path.relpath(path, "out"): what for path, what in metrics["figures"].items()}
+    assert set(figures) == {"eight_gaussians_density.png", "digits_samples.png", "digits_interpolation.png",
+                            "digits_ycond_samples.png", "digits_translation.png",
+                            os.path.join("eight_gaussians", "loss.png"), os.path.join("digits", "loss.png"),
+                            os.path.join("digits_ycond", "loss.png")}
+    for name, what in figures.items():
+        system = ("RealNVP" if name.startswith("eight_gaussians") else
+                  "class-conditional Glow" if name.startswith(("digits_ycond", "digits_translation")) else "Glow")
+        assert what.startswith(system), (name, what)
+        assert any(line.strip().startswith(os.path.join("out", name)) and system in line
+                   for line in proc.stdout.splitlines()), name
+    assert "(RealNVP, 8 Gaussians)" in proc.stdout and "(Glow, digits)" in proc.stdout
     assert "class-conditional Glow" in proc.stdout and "argmax_y p(x | y)" in proc.stdout
     for run in ("eight_gaussians", "digits", "digits_ycond"):
         assert {"config.json", "checkpoint.safetensors", "metrics.json"} <= set(os.listdir(out / run))

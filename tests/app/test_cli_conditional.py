@@ -14,8 +14,9 @@ from rawflow.training.checkpoint import load_checkpoint
 
 from test_cli import assert_png
 
+# float64 (images default to float32): the checks below are to float64 round-off
 TINY_GLOW = ["--model", "glow", "--data", "digits", "--ycond", "--K", "1", "--L", "2", "--width", "4",
-             "--batch-size", "32", "--quiet"]
+             "--batch-size", "32", "--dtype", "float64", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,17 @@ def test_bad_conditional_training_options(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_glow_on_vectors_refuses_labels_and_context(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", x=rng.normal(size=(400, 2)), y=np.arange(400) % 2, c=rng.normal(size=(400, 3)))
+    for flag in ("--ycond", "--context"):
+        assert main(["train", "--model", "glow", "--data", str(tmp_path / "v.npz"), flag,
+                     "--out", str(tmp_path / flag[2:])]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} on vectors conditions the couplings of realnvp or nice" in err and err.count("\n") == 1
+        assert not (tmp_path / flag[2:]).exists()
 
 
 def test_bad_sample_and_translate_arguments(ycond_run, tmp_path, capsys):

@@ -222,8 +222,8 @@ def test_the_image_loss_plot_is_in_bits_per_dim(tmp_path, monkeypatch):
 
     seen = {}
 
-    def capture(path, losses, val_steps=(), val_nll=(), ylabel="NLL (nats)"):
-        seen.update(losses=np.asarray(losses), val=np.asarray(val_nll), ylabel=ylabel)
+    def capture(path, losses, val_steps=(), val_nll=(), ylabel="NLL (nats)", title=None):
+        seen.update(losses=np.asarray(losses), val=np.asarray(val_nll), ylabel=ylabel, title=title)
         return path
 
     monkeypatch.setattr(plots, "loss_curve", capture)
@@ -234,6 +234,6 @@ def test_the_image_loss_plot_is_in_bits_per_dim(tmp_path, monkeypatch):
     from rawflow.training.checkpoint import load_checkpoint
 
     nats = load_checkpoint(run / "checkpoint.safetensors")["history"]["loss"]
-    assert seen["ylabel"] == "bits/dim"
+    assert seen["ylabel"] == "bits/dim" and seen["title"] == "Glow on imgs.npz"  # the plot names its system
     assert np.allclose(seen["losses"], [bits_per_dim(v, 16, 4) for v in nats], rtol=1e-12)
     assert math.isfinite(seen["val"][-1]) and 0 < seen["val"][-1] < 10

@@ -56,7 +56,8 @@ def _clean_registry(monkeypatch):
     B.unregister()
 
 
-@pytest.mark.parametrize("suite", B.SUITES)
+# ``quality`` (training runs, not timings) has its own quick test: tests/benchmarks/test_torch_yardstick.py
+@pytest.mark.parametrize("suite", [s for s in B.SUITES if s != "quality"])
 def test_quick_suite_runs_and_agrees_with_float64(tmp_path, suite):
     rc, res = _run(tmp_path, suite)
     assert rc == 0, res["suites"][suite]

@@ -121,3 +121,27 @@ def test_bad_name_and_rng():
         circles(10, 0)
     with pytest.raises(ValueError, match="circles.*factor"):
         circles(10, np.random.default_rng(0), factor=1.5)
+
+
+def test_checkerboard_log_prob_is_uniform_on_its_squares():
+    from rawflow.data.datasets import TRUE_LOG_PROB, checkerboard_log_prob
+
+    assert TRUE_LOG_PROB["checkerboard"] is checkerboard_log_prob
+    x = checkerboard(20_000, np.random.default_rng(0))
+    np.testing.assert_array_equal(checkerboard_log_prob(x), -math.log(32))  # every sample on the support
+    # cell centres: dark where ⌊x/2⌋ sums to an even number; outside [−4, 4)² nothing
+    c = np.arange(-3.0, 4.0, 2.0)
+    xx, yy = np.meshgrid(c, c, indexing="ij")
+    grid = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    dark = np.mod(np.floor(grid / 2).sum(axis=1), 2) == 0
+    lp = checkerboard_log_prob(grid)
+    assert dark.sum() == 8 and np.all(lp[dark] == -math.log(32)) and np.all(lp[~dark] == -np.inf)
+    assert checkerboard_log_prob(np.array([[4.0, 0.5], [-4.5, -3.5]])).tolist() == [-np.inf, -np.inf]
+    # the density integrates to one: 8 squares of area 4, 1/32 each (a midpoint rule is exact here)
+    h = 0.05
+    g = np.arange(-4 + h / 2, 4, h)
+    gx, gy = np.meshgrid(g, g)
+    p = np.exp(checkerboard_log_prob(np.stack([gx.ravel(), gy.ravel()], axis=1)))
+    assert abs(p.sum() * h * h - 1) < 1e-12
+    with pytest.raises(ValueError, match="checkerboard_log_prob"):
+        checkerboard_log_prob(np.zeros((3, 3)))

@@ -28,7 +28,9 @@ COMMON = ["--eval-every", "5", "--checkpoint-every", "5", "--quiet"]
 MODELS = {
     "realnvp": ["--model", "realnvp", "--data", "two_moons", "--n-samples", "2000", "--couplings", "4",
                 "--hidden", "16,16", "--batch-size", "64"],
-    "glow": ["--model", "glow", "--data", "digits", "--K", "2", "--L", "2", "--width", "8", "--batch-size", "32"],
+    # float64 (images default to float32): P = 2 against one process is checked to float64 round-off
+    "glow": ["--model", "glow", "--data", "digits", "--K", "2", "--L", "2", "--width", "8", "--batch-size", "32",
+             "--dtype", "float64"],
 }
 
 
