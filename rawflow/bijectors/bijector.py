@@ -42,6 +42,15 @@ Direction convention: **forward = data → latent** (the training direction). Fo
   is undefined, and every such place raises ``ValueError`` saying the batch is empty: a
   data-dependent ``init`` (:attr:`Bijector.data_dependent`: ActNorm, the CNN conditioners'
   normalisation), a mean NLL, ``evaluate_nll``, ``train``. Event axes may not be empty.
+* **Inference without caches.** ``_forward_no_cache(params, x) -> (z, logdet)`` and
+  ``_inverse_no_cache(params, z) -> (x, logdet_inv)`` are the unchecked directions for callers that
+  will not run a VJP (sampling, ``log_prob``, ``encode`` / ``decode``). They return exactly the
+  values of ``_forward`` / ``_inverse``, bit for bit (the same operations; tests hold them to
+  it), and keep nothing alive: a layer may then skip what only its VJP needs (a scale map's
+  derivative, a network's intermediates) and overwrite its own temporaries in place. The
+  defaults call ``_forward`` / ``_inverse`` and drop the cache, so a layer that does not
+  override them keeps the contract; composites (chains, multi-scale flows, models) call their
+  children's no-cache methods.
 * Randomness comes from a ``numpy.random.Generator`` passed explicitly (``init`` also accepts
   ``None`` for layers that draw nothing).
 * Nothing is stored on the layer by any call: calls can overlap and nothing needs flushing.
@@ -150,6 +159,16 @@ class Bijector(ABC):
     @abstractmethod
     def _inverse(self, params, z):
         ...
+
+    def _forward_no_cache(self, params, x):
+        """``(z, logdet)`` of :meth:`_forward`, bit for bit, without building a cache."""
+        z, logdet, _ = self._forward(params, x)
+        return z, logdet
+
+    def _inverse_no_cache(self, params, z):
+        """``(x, logdet_inv)`` of :meth:`_inverse`, bit for bit, without building a cache."""
+        x, logdet, _ = self._inverse(params, z)
+        return x, logdet
 
     @abstractmethod
     def _backward(self, params, cache, gz, glogdet):

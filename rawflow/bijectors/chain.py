@@ -93,6 +93,20 @@ class Chain(Bijector):
                 caches[i] = cache
         return z, total, (z, z_in) if self.reconstruct else caches
 
+    def _forward_no_cache(self, params, x):
+        total = 0
+        for i, layer in enumerate(self.layers):
+            x, logdet = layer._forward_no_cache(params[str(i)], x)
+            total = total + logdet
+        return x, total
+
+    def _inverse_no_cache(self, params, z):
+        total = 0
+        for i in reversed(range(len(self.layers))):
+            z, logdet = self.layers[i]._inverse_no_cache(params[str(i)], z)
+            total = total + logdet
+        return z, total
+
     def _backward(self, params, cache, gz, glogdet):
         gparams = {}
         if self.reconstruct:

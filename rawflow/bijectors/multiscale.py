@@ -128,6 +128,29 @@ class MultiScale(Bijector):
                 caches[i] = cache
         return h, total, (h, z) if self.reconstruct else caches
 
+    def _forward_no_cache(self, params, x):
+        total, pieces = 0, []
+        for i, level in enumerate(self.levels):
+            h, logdet = level._forward_no_cache(params[str(i)], x)
+            total = total + logdet
+            if i < len(self.keep):
+                pieces.append(h[:, self.keep[i]:])
+                x = h[:, : self.keep[i]]
+            else:
+                pieces.append(h)
+        return self._join(pieces), total
+
+    def _inverse_no_cache(self, params, z):
+        pieces = self._cut(z)
+        total = 0
+        h = pieces[-1]
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.keep):
+                h = self._merge(h, pieces[i])
+            h, logdet = self.levels[i]._inverse_no_cache(params[str(i)], h)
+            total = total + logdet
+        return h, total
+
     def _backward(self, params, cache, gz, glogdet):
         gpieces = self._cut(gz)
         pieces = self._cut(cache[1]) if self.reconstruct else None

@@ -109,6 +109,10 @@ class Split(Bijector):
         h, net_cache = self.prior.apply(params["prior"], x1)
         return h[:, 0::2], h[:, 1::2], net_cache
 
+    def _stats_no_cache(self, params, x1):
+        h = self.prior.apply_no_cache(params["prior"], x1)
+        return h[:, 0::2], h[:, 1::2]
+
     def _stats_backward(self, params, net_cache, gmu, glogs):
         xp = namespace(gmu)
         n, c2, hh, ww = gmu.shape
@@ -135,6 +139,18 @@ class Split(Bijector):
         sigma = xp.exp(logs)
         # +Σℓ is the exact negation of the forward's −Σℓ (same ℓ, since z₁ = x₁ bit for bit).
         return self.join(z1, mu + sigma * eps), _row_sum(logs), (net_cache, eps, sigma)
+
+    def _forward_no_cache(self, params, x):
+        xp = namespace(x)
+        x1, x2 = self.parts(x)
+        mu, logs = self._stats_no_cache(params, x1)
+        return self.join(x1, (x2 - mu) / xp.exp(logs)), -_row_sum(logs)
+
+    def _inverse_no_cache(self, params, z):
+        xp = namespace(z)
+        z1, eps = self.parts(z)
+        mu, logs = self._stats_no_cache(params, z1)
+        return self.join(z1, mu + xp.exp(logs) * eps), _row_sum(logs)
 
     def _backward(self, params, cache, gz, glogdet):
         net_cache, eps, sigma = cache

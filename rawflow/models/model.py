@@ -101,7 +101,7 @@ class FlowModel:
         """:meth:`log_prob` without the argument checks (``stacklevel`` points its warning at the caller)."""
         policy = np.geterr()["over"]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below instead
-            z, logdet, _ = self.bijector._forward(params["flow"], x)
+            z, logdet = self.bijector._forward_no_cache(params["flow"], x)
             lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False)
             out = lp + logdet
         xp = namespace(out)
@@ -148,12 +148,12 @@ class FlowModel:
     def encode(self, params: dict, x: Array) -> Array:
         """``z = f(x)``."""
         self._check(params, x, self.event_shape, "input", "encode")
-        return self.bijector._forward(params["flow"], x)[0]
+        return self.bijector._forward_no_cache(params["flow"], x)[0]
 
     def decode(self, params: dict, z: Array) -> Array:
         """``x = f⁻¹(z)``."""
         self._check(params, z, self.bijector.out_event_shape, "latent input", "decode")
-        return self.bijector._inverse(params["flow"], z)[0]
+        return self.bijector._inverse_no_cache(params["flow"], z)[0]
 
     def sample(
         self,
@@ -178,7 +178,8 @@ class FlowModel:
         if like is None:
             like = next((a for _, a in _tree.leaves(params)), None)
         z = self.prior.sample(params["prior"], rng, n, temperature, like=like, shape=shape)
-        return self.decode(params, z)
+        # params were checked above and the prior's draw is finite: decode without checking again
+        return self.bijector._inverse_no_cache(params["flow"], z)[0]
 
     def interpolate(self, params: dict, x0: Array, x1: Array, steps: int = 8) -> Array:
         """Decode the straight line between ``z0 = f(x0)`` and ``z1 = f(x1)`` in latent space.
