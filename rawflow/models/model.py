@@ -65,6 +65,12 @@ class FlowModel:
         check_array(f"FlowModel.{method}", x, what, event_shape)
         _tree.check(f"FlowModel.{method}", params, self.param_spec(), x.dtype)
 
+    def _check_batch(self, x: Array, method: str) -> None:
+        """The input checks of :meth:`nll_and_grad` without the parameter tree's (for a training
+        loop whose parameters only an optimiser step has touched since they were checked)."""
+        check_array(f"FlowModel.{method}", x, "input", self.event_shape)
+        self._not_empty(x, method)
+
     def _not_empty(self, x: Array, method: str) -> None:
         if x.shape[0] == 0:
             raise ValueError(f"FlowModel.{method}: the mean NLL of an empty batch (N = 0) is undefined")

@@ -19,10 +19,10 @@ take and return that layout (the CNNs of :mod:`rawflow.nets.cnn` stay in it betw
 Every k² shifted copy is made of whichever side has **fewer channels** (copies cost memory
 traffic; the GEMM's flops are the same either way):
 
-* input side (``C_in ≤ C_out``), im2col: ``Y = [W_0 … W_{k²−1}] · [S_0(X); …; S_{k²−1}(X)]``, one GEMM
-  with ``K = k²·C_in``;
+* input side (``C_in ≤ C_out``), im2col: ``Y = w.reshape(C_out, C_in·k²) · cols(X)``, one GEMM with
+  ``K = C_in·k²``, where row ``c·k² + t`` of ``cols(X)`` is channel ``c`` of ``S_t(X)``;
 * output side (``C_in > C_out``): ``Z = [W_0; …; W_{k²−1}] · X`` (one GEMM, ``k²·C_out`` rows), then
-  ``Y = Σ_t S_t(Z_t)``, k² shifted additions of ``C_out``-channel slabs (centre tap first).
+  ``Y = Σ_t S_t(Z_t)``, added in tap order onto zeros.
 
 The VJP, for a cotangent ``G: (C_out, M)``, with ``S_t`` 's adjoint ``S_tᵀ = S_{−t}`` (shift back,
 zero fill)::
@@ -32,15 +32,25 @@ zero fill)::
     gX  = Σ_t S_{−t}(W_tᵀ G) = [W_0ᵀ … W_{k²−1}ᵀ] · [S_{−0}(G); …; S_{−(k²−1)}(G)]
 
 again copying the smaller side: with ``C_in ≤ C_out`` the first form of ``gW`` (im2col of ``X``
-rebuilt, a copy, no arithmetic) and col2im for ``gX`` (one GEMM to ``(k², C_in, M)``, then k²
-shifted additions); with ``C_in > C_out`` the shifted copies of ``G`` serve both GEMMs. Only ``x``
-and ``w`` are cached. Any evaluation order of these sums is within Higham's ``γ_K·Σ|terms|``
+rebuilt, a copy, no arithmetic) and col2im for ``gX`` (one GEMM to ``(k², C_in, M)``, then the
+shifted sum); with ``C_in > C_out`` the shifted copies of ``G`` serve both GEMMs. Only ``x`` and
+``w`` are cached.
+
+A shifted copy is made one of two ways, with identical results: for large arrays, each tap is one
+contiguous slab per channel along the flattened ``N·H·W`` axis (a shift by ``d = di·W + dj``
+there wraps across rows and images exactly at the positions that must be zero, which are zeroed);
+for small NumPy arrays (the digits demo's 4×4 images), where NumPy's per-call overhead dominates,
+one gather through a cached index map, with a zero column for the outside positions. Any evaluation order of these sums is within Higham's ``γ_K·Σ|terms|``
 (``K = C_in·k² + 1``) of the exact value, which the tests hold it to; ``.T`` is a plain transpose,
 never a conjugate, so every map is analytic in ``x``, ``w`` and ``b`` (complex-step oracles apply).
 The code takes its namespace from the inputs and runs unchanged on NumPy and CuPy arrays.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
 
 from .._array import Array, namespace
 
@@ -60,10 +70,9 @@ def _check(x: Array, w: Array, b: Array | None) -> int:
 
 
 def _shifts(k: int):
-    """``(t, di, dj)`` for every tap ``t = i·k + j`` of a k×k kernel, centre tap first."""
+    """``(t, di, dj)`` for every tap ``t = i·k + j`` of a k×k kernel."""
     p = k // 2
-    taps = [(i * k + j, i - p, j - p) for i in range(k) for j in range(k)]
-    return [taps[len(taps) // 2]] + taps[: len(taps) // 2] + taps[len(taps) // 2 + 1 :]
+    return [(i * k + j, i - p, j - p) for i in range(k) for j in range(k)]
 
 
 def _outside(a4: Array, di: int, dj: int) -> None:
@@ -87,59 +96,90 @@ def _slab(d: int, m: int) -> tuple[slice, slice]:
     return slice(lo, hi), slice(lo + d, hi + d)
 
 
-# Both helpers below shift along the flattened (N·H·W) axis, so each tap is ONE contiguous slab
-# copy or addition per channel (a 2-D shift of an 8×8 image would be 8-element runs); a flat shift
-# by d = di·W + dj wraps across rows and images exactly at the positions ``_outside`` zeroes.
+#: below this many gathered elements a NumPy shift is one gather (per-call overhead dominates)
+GATHER_BELOW = 1 << 15
+
+
+@lru_cache(maxsize=128)
+def _tap_index(n: int, h: int, v: int, k: int, flip: bool) -> np.ndarray:
+    """``(k², 1, M)`` flat source index of ``S_t`` (``S_{−t}`` if ``flip``) at each position,
+    ``M`` (a zero column) where the source is outside the image. Read-only, cached."""
+    hh, vv = np.meshgrid(np.arange(h), np.arange(v), indexing="ij")
+    base = np.arange(n * h * v).reshape(n, h, v)
+    out = np.empty((k * k, n, h, v), dtype=np.intp)
+    for t, di, dj in _shifts(k):
+        if flip:
+            di, dj = -di, -dj
+        valid = (0 <= hh + di) & (hh + di < h) & (0 <= vv + dj) & (vv + dj < v)
+        out[t] = np.where(valid, base + di * v + dj, n * h * v)
+    out = out.reshape(k * k, 1, n * h * v)
+    out.flags.writeable = False
+    return out
+
+
+def _gathers(a: Array, size: int) -> bool:
+    return isinstance(a, np.ndarray) and size < GATHER_BELOW
+
+
+def _with_zero_column(am: Array) -> Array:
+    """``(..., M) → (..., M + 1)``, the last column zero."""
+    xp = namespace(am)
+    out = xp.empty(am.shape[:-1] + (am.shape[-1] + 1,), dtype=am.dtype)
+    out[..., :-1] = am
+    out[..., -1] = 0
+    return out
 
 
 def shifted_copies(a: Array, k: int, flip: bool = False) -> Array:
-    """im2col in channel-major form: ``(C, N, H, W) → (k²·C, N·H·W)``; rows ``t·C … t·C + C − 1``
-    hold ``S_t(a)`` (``a`` shifted by tap ``t``'s offset, zero fill), or ``S_{−t}(a)`` if ``flip``."""
+    """im2col in channel-major form: ``(C, N, H, W) → (C·k², N·H·W)``; row ``c·k² + t`` is channel
+    ``c`` of ``S_t(a)`` (``a`` shifted by tap ``t``'s offset, zero fill), or of ``S_{−t}(a)`` if ``flip``."""
     xp = namespace(a)
     c, n, h, v = a.shape
     m = n * h * v
     am = _matrix(a)
-    cols = xp.empty((k * k, c, m), dtype=a.dtype)
+    if _gathers(a, c * k * k * m):
+        return _with_zero_column(am)[:, _tap_index(n, h, v, k, flip)[:, 0]].reshape(c * k * k, m)
+    cols = xp.empty((c, k * k, m), dtype=a.dtype)
     for t, di, dj in _shifts(k):
         if flip:
             di, dj = -di, -dj
         out, src = _slab(di * v + dj, m)
-        dst = cols[t]
+        dst = cols[:, t]
         dst[:, out] = am[:, src]
         dst[:, : out.start] = 0
         dst[:, out.stop :] = 0
         _outside(dst.reshape(c, n, h, v), di, dj)
-    return cols.reshape(k * k * c, m)
+    return cols.reshape(c * k * k, m)
 
 
 def shifted_sum(z: Array, k: int, flip: bool = False) -> Array:
-    """col2im in channel-major form: ``(k², C, N, H, W) → (C, N, H, W)``,
-    ``Σ_t S_t(z_t)`` (``S_{−t}`` if ``flip``), the centre tap first, the others added in tap order.
-    Overwrites ``z`` (a GEMM's output the caller owns): entries that a shift would carry across a
-    row or image border are zeroed first, so each tap is one slab addition."""
+    """col2im in channel-major form: ``(k², C, N, H, W) → (C, N, H, W)``, ``Σ_t S_t(z_t)``
+    (``S_{−t}`` if ``flip``), added in tap order onto zeros. May overwrite ``z`` (a GEMM's output the
+    caller owns): entries that a flat shift would carry across a row or image border are zeroed
+    first, so each tap is one slab addition."""
+    xp = namespace(z)
     c, n, h, v = z.shape[1:]
     m = n * h * v
-    out = z[(k * k) // 2].copy()
-    om = out.reshape(c, m)
-    for t, di, dj in _shifts(k)[1:]:
+    zm = z.reshape(k * k, c, m)
+    out = xp.zeros((c, m), dtype=z.dtype)
+    if _gathers(z, z.size):
+        taps = np.take_along_axis(_with_zero_column(zm), _tap_index(n, h, v, k, flip), axis=2)
+        for t in range(k * k):
+            out += taps[t]
+        return out.reshape(c, n, h, v)
+    for t, di, dj in _shifts(k):
         if flip:
             di, dj = -di, -dj
         # source r = q + d feeds output q; r is invalid exactly where (h_r − di, v_r − dj) is outside
         _outside(z[t], -di, -dj)
         dst, src = _slab(di * v + dj, m)
-        om[:, dst] += z[t].reshape(c, m)[:, src]
-    return out
+        out[:, dst] += zm[t][:, src]
+    return out.reshape(c, n, h, v)
 
 
 def _matrix(a: Array) -> Array:
     """``(C, N, H, W) → (C, N·H·W)`` (explicit sizes: a -1 cannot be inferred from an empty batch)."""
     return a.reshape(a.shape[0], a.shape[1] * a.shape[2] * a.shape[3])
-
-
-def _flat_weight(w: Array) -> Array:
-    """``(C_out, C_in, k, k) → (C_out, k²·C_in)``, column ``t·C_in + c`` = ``w[:, c, i, j]`` (im2col's rows)."""
-    c_out = w.shape[0]
-    return w.transpose(0, 2, 3, 1).reshape(c_out, -1)
 
 
 def _stacked_weight(w: Array) -> Array:
@@ -159,7 +199,7 @@ def conv_cm(x: Array, w: Array, b: Array | None = None):
     if k == 1:
         y = w.reshape(c_out, c_in) @ _matrix(x)
     elif _input_side(w):
-        y = _flat_weight(w) @ shifted_copies(x, k)
+        y = w.reshape(c_out, c_in * k * k) @ shifted_copies(x, k)
     else:
         z = _stacked_weight(w) @ _matrix(x)  # (k²·C_out, M)
         y = shifted_sum(z.reshape(k * k, c_out, n, h, v), k)
@@ -184,17 +224,16 @@ def conv_cm_backward(cache, g: Array):
     gm = _matrix(g)
     gb = gm.sum(axis=1) if has_bias else None
     if k == 1:
-        xm = _matrix(x)
-        gw = (gm @ xm.T).reshape(c_out, c_in, 1, 1)
+        gw = (gm @ _matrix(x).T).reshape(c_out, c_in, 1, 1)
         gx = w.reshape(c_out, c_in).T @ gm
     elif _input_side(w):
-        gw = (gm @ shifted_copies(x, k).T).reshape(c_out, k, k, c_in).transpose(0, 3, 1, 2)
-        gz = (_flat_weight(w).T @ gm).reshape(k * k, c_in, n, h, v)
-        gx = shifted_sum(gz, k, flip=True)
+        gw = (gm @ shifted_copies(x, k).T).reshape(c_out, c_in, k, k)
+        gz = w.transpose(2, 3, 1, 0).reshape(k * k * c_in, c_out) @ gm  # row t·C_in + c: W_tᵀ G
+        gx = shifted_sum(gz.reshape(k * k, c_in, n, h, v), k, flip=True)
     else:
-        gcols = shifted_copies(g, k, flip=True)  # (k²·C_out, M)
-        gw = (gcols @ _matrix(x).T).reshape(k, k, c_out, c_in).transpose(2, 3, 0, 1)
-        gx = _stacked_weight(w).T @ gcols
+        gcols = shifted_copies(g, k, flip=True)  # (C_out·k², M)
+        gw = (gcols @ _matrix(x).T).reshape(c_out, k, k, c_in).transpose(0, 3, 1, 2)
+        gx = w.transpose(1, 0, 2, 3).reshape(c_in, c_out * k * k) @ gcols
     return gx.reshape(c_in, n, h, v), namespace(gw).ascontiguousarray(gw), gb
 
 

@@ -127,13 +127,20 @@ def train(
         check_replicas(comm, params, "at the start of training")
     losses = np.empty(steps)
     bar = _progress(steps) if progress else None
+    # a FlowModel whose nll_and_grad is its own (not a subclass's or a wrapper's) may skip re-checking params
+    plain = isinstance(model, FlowModel) and type(model).nll_and_grad is FlowModel.nll_and_grad
     try:
         for t in range(steps):
             rows = data[xp.asarray(loader.next(rng))]
             batch = rows if batch_fn is None else batch_fn(rows, rng)
             try:
-                loss, grads = (model.nll_and_grad(params, batch) if dp is None
-                               else dp.nll_and_grad(model, params, batch))
+                if dp is not None:
+                    loss, grads = dp.nll_and_grad(model, params, batch)
+                elif t == 0 or not plain:
+                    loss, grads = model.nll_and_grad(params, batch)
+                else:  # params come from the checked first step through the optimiser: check the batch only
+                    model._check_batch(batch, "nll_and_grad")
+                    loss, grads = model._nll_and_grad(params, batch)
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 # Parameters an update produced that a layer refuses (an LU factor whose exp(log|s|)
                 # overflowed or vanished, a non-finite leaf): the run diverged. The parameters the

@@ -1,11 +1,14 @@
 """conv2d / conv2d_backward vs a direct loop, finite differences and complex-step derivatives."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import _fd_scalar_grad, rel_err
+import rawflow.nets.conv as conv_module
 from rawflow.nets.conv import conv2d, conv2d_backward, shifted_copies, shifted_sum
 from support.image_checks import check_complex_step
 
@@ -192,26 +195,52 @@ def shift_cases(draw):
     return rng.normal(size=shape), k, draw(st.booleans()), rng
 
 
-@given(shift_cases())
-def test_shifted_copies_equal_the_padded_definition(case):
+#: both ways to make a shifted copy (contiguous slabs / one gather; in use they are chosen by size)
+PATHS = pytest.mark.parametrize("path", ["slabs", "gather"])
+
+
+@contextlib.contextmanager
+def shift_path(path):
+    saved = conv_module.GATHER_BELOW
+    conv_module.GATHER_BELOW = 0 if path == "slabs" else 1 << 62
+    try:
+        yield
+    finally:
+        conv_module.GATHER_BELOW = saved
+
+
+@PATHS
+@given(case=shift_cases())
+def test_shifted_copies_equal_the_padded_definition(path, case):
     a, k, flip, _ = case
+    with shift_path(path):
+        _check_shifted_copies(a, k, flip)
+
+
+def _check_shifted_copies(a, k, flip):
     got = shifted_copies(a, k, flip)
-    assert np.array_equal(got, padded_shifts(a, k, flip).reshape(got.shape))
+    # rows c·k² + t: channel c of tap t
+    assert np.array_equal(got, padded_shifts(a, k, flip).transpose(1, 0, 2, 3, 4).reshape(got.shape))
     # a non-contiguous (NCHW-transposed) view gives the same rows
     assert np.array_equal(shifted_copies(np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
                                          k, flip), got)
 
 
-@given(shift_cases())
-def test_shifted_sum_equals_the_padded_definition(case):
-    """``Σ_t S_t(z_t)``: each tap alone exactly (one addition per element onto zeros), all taps
-    within round-off of the definition's sum (the order of the additions is the centre tap's first)."""
-    a, k, flip, rng = case
+@PATHS
+@given(case=shift_cases())
+def test_shifted_sum_equals_the_padded_definition(path, case):
+    """``Σ_t S_t(z_t)`` equals the definition's sum taken in tap order, bit for bit (the same
+    additions onto zeros), and each tap alone is exact."""
+    with shift_path(path):
+        _check_shifted_sum(*case)
+
+
+def _check_shifted_sum(a, k, flip, rng):
     c, n, h, v = a.shape
     z = rng.normal(size=(k * k, c, n, h, v))
     taps = [padded_shifts(z[t], k, flip)[t] for t in range(k * k)]
     got = shifted_sum(z.copy(), k, flip)
-    assert np.allclose(got, sum(taps), rtol=0, atol=4 * k * k * EPS64 * np.max(np.abs(z), initial=0.0))
+    assert np.array_equal(got, sum(taps))
     for t in range(k * k):
         one = np.zeros_like(z)
         one[t] = z[t]
@@ -221,9 +250,16 @@ def test_shifted_sum_equals_the_padded_definition(case):
 @pytest.mark.parametrize("c_in, c_out", [(2, 5), (5, 2), (3, 3)])  # input side, output side, equal
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_both_strategies_match_the_direct_loop_and_the_complex_step(c_in, c_out, k, dtype):
+@PATHS
+def test_both_strategies_match_the_direct_loop_and_the_complex_step(c_in, c_out, k, dtype, path):
     """Each of the two ways to place the shifted copies (the side with fewer channels) is exercised
-    on purpose: forward against the definition within γ_K, VJP against the complex step."""
+    on purpose, with both ways to make them: forward against the definition within γ_K, VJP
+    against the complex step."""
+    with shift_path(path):
+        _check_strategy(c_in, c_out, k, dtype)
+
+
+def _check_strategy(c_in, c_out, k, dtype):
     rng = np.random.default_rng(c_in * 10 + c_out + k)
     x64, w64, b64 = rng.normal(size=(2, c_in, 4, 5)), rng.normal(size=(c_out, c_in, k, k)), rng.normal(size=c_out)
     x, w, b = x64.astype(dtype), w64.astype(dtype), b64.astype(dtype)
@@ -243,6 +279,20 @@ def test_both_strategies_match_the_direct_loop_and_the_complex_step(c_in, c_out,
 
     check_complex_step(lambda p, u: (conv2d(u, p["w"], p["b"])[0], np.zeros(u.shape[0])), vjp,
                        {"w": w64, "b": b64}, x64, rng)
+
+
+@pytest.mark.parametrize("c_in, c_out", [(2, 7), (7, 2)])
+def test_slabs_and_gather_give_the_same_bits(c_in, c_out):
+    rng = np.random.default_rng(8)
+    x, w, b = rng.normal(size=(3, c_in, 6, 5)), rng.normal(size=(c_out, c_in, 3, 3)), rng.normal(size=c_out)
+    gy = rng.normal(size=(3, c_out, 6, 5))
+    runs = []
+    for path in ("slabs", "gather"):
+        with shift_path(path):
+            y, cache = conv2d(x, w, b)
+            runs.append((y, *conv2d_backward(cache, gy)))
+    for u, v in zip(*runs):
+        assert np.array_equal(u.view(np.uint64), v.view(np.uint64))
 
 
 def test_inputs_are_never_written():
