@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+# error_model="numpy": IEEE division (no zero-division check, which would also keep the loop from
+# vectorising: the reference's 0/0 with eps = 0 is NaN, not an exception)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam(p, g, m, v, lr, b1, a1, b2, a2, eps, c1, c2):  # pragma: no cover - compiled
     po = np.empty_like(p)
     mo = np.empty_like(p)

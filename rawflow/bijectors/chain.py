@@ -72,26 +72,27 @@ class Chain(Bijector):
         return params
 
     def _forward(self, params, x):
+        if self.reconstruct:  # keeps only its ends: the layers need not build caches at all
+            z, total = self._forward_no_cache(params, x)
+            return z, total, (x, z)
         total = 0
         caches = []
-        x_in = x
         for i, layer in enumerate(self.layers):
             x, logdet, cache = layer._forward(params[str(i)], x)
             total = total + logdet
-            if not self.reconstruct:
-                caches.append(cache)
-        return x, total, (x_in, x) if self.reconstruct else caches
+            caches.append(cache)
+        return x, total, caches
 
     def _inverse(self, params, z):
+        if self.reconstruct:
+            x, total = self._inverse_no_cache(params, z)
+            return x, total, (x, z)
         total = 0
         caches = [None] * len(self.layers)
-        z_in = z
         for i in reversed(range(len(self.layers))):
-            z, logdet, cache = self.layers[i]._inverse(params[str(i)], z)
+            z, logdet, caches[i] = self.layers[i]._inverse(params[str(i)], z)
             total = total + logdet
-            if not self.reconstruct:
-                caches[i] = cache
-        return z, total, (z, z_in) if self.reconstruct else caches
+        return z, total, caches
 
     def _forward_no_cache(self, params, x):
         total = 0

@@ -100,33 +100,34 @@ class MultiScale(Bijector):
         return params
 
     def _forward(self, params, x):
+        if self.reconstruct:  # keeps only its ends: the levels need not build caches at all
+            z, total = self._forward_no_cache(params, x)
+            return z, total, (x, z)
         total, caches, pieces = 0, [], []
-        x_in = x
         for i, level in enumerate(self.levels):
             h, logdet, cache = level._forward(params[str(i)], x)
             total = total + logdet
-            if not self.reconstruct:
-                caches.append(cache)
+            caches.append(cache)
             if i < len(self.keep):
                 pieces.append(h[:, self.keep[i]:])
                 x = h[:, : self.keep[i]]
             else:
                 pieces.append(h)
-        z = self._join(pieces)
-        return z, total, (x_in, z) if self.reconstruct else caches
+        return self._join(pieces), total, caches
 
     def _inverse(self, params, z):
+        if self.reconstruct:
+            x, total = self._inverse_no_cache(params, z)
+            return x, total, (x, z)
         pieces = self._cut(z)
         total, caches = 0, [None] * len(self.levels)
         h = pieces[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.keep):
                 h = self._merge(h, pieces[i])
-            h, logdet, cache = self.levels[i]._inverse(params[str(i)], h)
+            h, logdet, caches[i] = self.levels[i]._inverse(params[str(i)], h)
             total = total + logdet
-            if not self.reconstruct:
-                caches[i] = cache
-        return h, total, (h, z) if self.reconstruct else caches
+        return h, total, caches
 
     def _forward_no_cache(self, params, x):
         total, pieces = 0, []

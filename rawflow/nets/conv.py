@@ -164,9 +164,7 @@ def shifted_sum(z: Array, k: int, flip: bool = False) -> Array:
     out = xp.zeros((c, m), dtype=z.dtype)
     if _gathers(z, z.size):
         taps = np.take_along_axis(_with_zero_column(zm), _tap_index(n, h, v, k, flip), axis=2)
-        for t in range(k * k):
-            out += taps[t]
-        return out.reshape(c, n, h, v)
+        return np.add.reduce(taps, axis=0, out=out, initial=0).reshape(c, n, h, v)  # onto 0, tap by tap
     for t, di, dj in _shifts(k):
         if flip:
             di, dj = -di, -dj

@@ -48,6 +48,19 @@ def test_fused_adam_equals_the_reference_bit_for_bit(dtype, seed, lr, betas, eps
         assert int(s_fused["step"]) == step + 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_over_zero_is_nan_as_in_the_reference(dtype):
+    """eps = 0 with a zero gradient and state: 0/0 is NaN in both (IEEE division, no exception)."""
+    p = {"w": np.ones(37, dtype=dtype)}
+    g = {"w": np.zeros(37, dtype=dtype)}
+    outs = []
+    for backend in ("reference", "numba"):
+        opt = Adam(1e-3, eps=0.0, backend=backend)
+        with np.errstate(invalid="ignore"):
+            outs.append(opt._step(p, g, opt.init(p))[0]["w"])
+    assert np.all(np.isnan(outs[0])) and np.all(np.isnan(outs[1]))
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(0)
     p = _params(rng, np.float64)
