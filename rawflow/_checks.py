@@ -15,6 +15,8 @@ once here and in the bijector contract (:mod:`rawflow.bijectors.bijector`) and t
 * **Batches**: the batch axis may be empty (``N = 0``); the event axes may not (an image with no
   pixels has no density). What a layer does with ``N = 0`` is in the bijector contract.
 * **Generators**: randomness comes from a ``numpy.random.Generator`` passed explicitly.
+* **Contexts** of conditional layers, priors and models: ``(N, *context_shape)`` arrays of the
+  input's dtype and namespace, one row per sample, finite (:func:`check_context`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,37 @@ def check_vector(owner: str, a: Any, what: str, n: int, dtype) -> None:
         raise ValueError(f"{owner}: {what} dtype {a.dtype} differs from {np.dtype(dtype)}")
     if not bool(_xp(a).isfinite(a).all()):
         raise ValueError(f"{owner}: {what} contains NaN or Inf")
+
+
+def check_context(owner: str, context_shape: tuple | None, context: Any, x: Any = None, *,
+                  n: int | None = None, what: str = "context") -> Any:
+    """The context rule (:mod:`rawflow.bijectors.bijector`), for layers, priors and models: ``None``
+    where ``context_shape`` is ``None``; else a finite ``(N, *context_shape)`` array of ``x``'s dtype
+    and namespace, ``N = x.shape[0]`` (or ``n`` where given: a prior's draws)."""
+    if context_shape is None:
+        if context is not None:
+            raise ValueError(f"{owner}: takes no {what} (it is not conditional), got {what}={_kind(context)}")
+        return None
+    if context is None:
+        dims = ", ".join(map(str, context_shape))
+        raise ValueError(f"{owner}: is conditional and needs {what}=, an (N, {dims}) array")
+    check_array(owner, context, what, context_shape)
+    if x is not None and context.dtype != x.dtype:
+        raise ValueError(f"{owner}: {what} has dtype {context.dtype} but the input has dtype {x.dtype}; cast one "
+                         "to match")
+    if x is not None and type(context) is not type(x):
+        raise ValueError(f"{owner}: {what} is a {type(context).__module__}.{type(context).__name__} but the input "
+                         f"a {type(x).__module__}.{type(x).__name__}; both must live in one array namespace")
+    rows = x.shape[0] if n is None else n
+    if context.shape[0] != rows:
+        raise ValueError(f"{owner}: {what} has {context.shape[0]} rows but the input has {rows} "
+                         "(one context per sample)")
+    return context
+
+
+def _kind(a: Any) -> str:
+    shape = getattr(a, "shape", None)
+    return f"an array of shape {tuple(shape)}" if shape is not None else type(a).__name__
 
 
 def check_rng(owner: str, rng: Any, what: str = "rng") -> None:

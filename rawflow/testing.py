@@ -108,6 +108,29 @@ def partitions(draw, features: int) -> Partition:
 
 
 @st.composite
+def conditional_couplings(draw, max_d: int = 6, max_k: int = 3, param_scale=(0.05, 0.8)) -> Case:
+    """A conditional affine or additive coupling (``c`` appended to its MLP's input) with random
+    parameters, as :class:`~rawflow.bijectors.conditional.ContextAsInput` on ``[x | c]`` rows: every
+    check of :func:`~rawflow.check.check_bijector` then covers the context's cotangent too."""
+    from .bijectors.conditional import ContextAsInput
+    from .bijectors.conditional_coupling import ConditionalAdditiveCoupling, ConditionalAffineCoupling
+
+    n, d = draw(vector_shapes(max_d=max_d))
+    k = draw(st.integers(1, max_k))
+    kwargs = dict(partition=draw(partitions(d)), hidden=tuple(draw(st.lists(st.integers(1, 6), max_size=2))),
+                  activation=draw(st.sampled_from(ACTIVATIONS)))
+    if draw(st.booleans()):
+        scale = draw(st.sampled_from(SCALE_MAPS))
+        layer, name = ConditionalAffineCoupling(d, k, scale=scale, **kwargs), f"cond-affine-{scale}"
+    else:
+        layer, name = ConditionalAdditiveCoupling(d, k, **kwargs), "cond-additive"
+    rng = np.random.default_rng(draw(seeds()))
+    x, c = rng.normal(size=(n, d)), rng.normal(size=(n, k))
+    params = randomize(layer.init(rng, x, context=c), rng, draw(st.floats(*param_scale)))
+    return Case(name, ContextAsInput(layer), params, np.concatenate([x, c], axis=1))
+
+
+@st.composite
 def couplings(draw, kind: str | None = None, scale: str | None = None, max_d: int = 6,
               param_scale=(0.05, 0.8)) -> Case:
     """An additive or affine coupling (any scale map, activation, partition) with random parameters."""
@@ -330,6 +353,7 @@ _STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "coupling": couplings,
     "chain": chains,
     "saturated": saturated_couplings,
+    "conditional": conditional_couplings,
 }
 
 

@@ -7,7 +7,8 @@ Commands:
   ``metrics.json`` (see :mod:`rawflow.app.demo`).
 * ``train``: NICE / RealNVP / Glow on a 2-D density, the digits, or the user's ``.npy``/``.npz``
   arrays; checkpoints that resume bit for bit (see :mod:`rawflow.app.runs`).
-* ``sample``, ``interpolate``, ``eval``: use a trained run folder.
+* ``sample``, ``interpolate``, ``eval``, ``translate``: use a trained run folder (``translate``: a
+  class-conditional run's held-out images moved from one class towards another).
 * ``check``, ``vectors``, ``verify``, ``bench``: verification and benchmark tools with their own
   parsers (delegated).
 
@@ -80,6 +81,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -116,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_sample(commands)
     _add_interpolate(commands)
+    _add_translate(commands)
     _add_eval(commands)
     # Commands with their own argument parsers: listed here for --help, dispatched in main().
     for name, text in DELEGATED_HELP.items():
@@ -174,6 +186,16 @@ def _add_train(commands) -> None:
     g.add_argument("--no-learn-top", dest="learn_top", action="store_const", const=False,
                    help="glow: no learned top prior")
     g.add_argument("--blocks", type=_positive_int, metavar="B", help="realnvp (images): residual blocks")
+    g.add_argument("--ycond", action="store_const", const=True,
+                   help="class-conditional p(x | y) (openai/glow's --ycond): labels from the digits or 'y' in a .npz "
+                   "(images: 'x'); glow: class term in the top prior, classifier head; realnvp/nice (vectors): "
+                   "one-hot label to every coupling")
+    g.add_argument("--weight-y", type=_nonneg_float, metavar="W",
+                   help="glow --ycond: weight of the classifier's cross-entropy, openai's --weight_y (default 0.01)")
+    g.add_argument("--ycond-splits", dest="ycond_splits", action="store_const", const=True,
+                   help="glow --ycond: the class term in every split prior too")
+    g.add_argument("--context", action="store_const", const=True,
+                   help="realnvp/nice (vectors): conditional p(x | c) on the float rows 'c' of a .npz (x: 'x')")
     g.add_argument("--preprocess", choices=("center", "logit"),
                    help="images: x − ½ (glow, nice default) or a logit layer (realnvp default)")
     g.add_argument("--logit-alpha", type=float, metavar="A", help="images: logit's α (default 0.05)")
@@ -212,12 +234,18 @@ def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="draw samples from a trained run (PNG or NPZ)",
                             description="Draw samples x = f⁻¹(z), z ~ N(0, T²I), from a trained run. Draws whose "
                             "x is not finite (the flow's inverse overflowed) are left out and counted on stderr "
-                            "(and in FILE.npz: n_requested, nonfinite_index); none finite is an error.")
+                            "(and in FILE.npz: n_requested, nonfinite_index); none finite is an error. A "
+                            "class-conditional run samples p(x | y): --class K, or a grid with one row per "
+                            "class; a run conditioned on a float context samples at the contexts of its first "
+                            "N test rows.")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train or demo")
     p.add_argument("--n", type=_positive_int, default=64, metavar="N", help="samples (default: %(default)s)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
                    help="prior temperature (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default: %(default)s")
+    p.add_argument("--class", dest="label", type=_nonneg_int, metavar="K",
+                   help="class-conditional run (--ycond): samples of class K; without it, one row per class "
+                   "(ceil(N / classes) samples each)")
     p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/samples.png)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
     _common(p)
@@ -238,6 +266,25 @@ def _add_interpolate(commands) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
     _common(p)
     p.set_defaults(handler=run_interpolate)
+
+
+def _add_translate(commands) -> None:
+    p = commands.add_parser("translate", help="move held-out images of one class towards another (class-conditional "
+                            "runs)", description="Encode held-out (test) images of class --from, move each latent "
+                            "along the direction between the mean latents of the training images of --to and of "
+                            "--from, and decode --steps frames from t = 0 (the image) to t = 1 (the whole class "
+                            "difference); a flow that takes the class decodes frame t with the blended one-hot "
+                            "label. Writes one row per image. Needs a run trained with --ycond on images.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by train --ycond or demo")
+    p.add_argument("--from", dest="source", required=True, type=_nonneg_int, metavar="A", help="the images' class")
+    p.add_argument("--to", dest="target", required=True, type=_nonneg_int, metavar="B", help="the class to move towards")
+    p.add_argument("--n", type=_positive_int, default=6, metavar="M",
+                   help="held-out images of class A (the first M of the test split; default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=8, metavar="S", help="frames per image, ≥ 2 (default: %(default)s)")
+    p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/translation_A_to_B.png)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
+    _common(p)
+    p.set_defaults(handler=run_translate)
 
 
 def _add_eval(commands) -> None:
@@ -343,27 +390,44 @@ def _number(value, fmt: str = ".4f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _class_summary(metrics: dict) -> str:
+    """The class-conditional figures of a ycond run (empty for another run)."""
+    if "test_bayes_accuracy" not in metrics:
+        return ""
+    text = ""
+    if "test_marginal_bits_per_dim" in metrics:
+        text += f"; labels unknown (uniform class prior) {_number(metrics['test_marginal_bits_per_dim'])} bits/dim"
+    else:
+        text += f"; labels unknown (uniform class prior) NLL {_number(metrics['test_marginal_nll'])}"
+    text += f"; accuracy: argmax_y p(x | y) {_number(metrics['test_bayes_accuracy'], '.3f')}"
+    if "test_classifier_accuracy" in metrics:
+        text += f", classifier head {_number(metrics['test_classifier_accuracy'], '.3f')}"
+    return text
+
+
 def _summary(metrics: dict) -> str:
     if "test_bits_per_dim" in metrics:
-        return (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim (NLL {_number(metrics['test_nll'])} "
-                f"nats); independent-pixel baseline {_number(metrics['test_baseline_bits_per_dim'])} bits/dim")
+        given = " given the labels" if "test_bayes_accuracy" in metrics else ""
+        return (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim{given} (NLL "
+                f"{_number(metrics['test_nll'])} nats){_class_summary(metrics)}; independent-pixel baseline "
+                f"{_number(metrics['test_baseline_bits_per_dim'])} bits/dim")
     if "test_nll" in metrics:
         text = f"held-out test NLL {_number(metrics['test_nll'])} nats; full-covariance Gaussian "
         text += (_number(metrics["test_gaussian_nll"]) if metrics.get("test_gaussian_nll") is not None
                  else f"n/a ({metrics.get('test_gaussian_note', 'not computed')})")
         if "test_true_nll" in metrics:
             text += f"; true density {_number(metrics['test_true_nll'])}"
-        return text
+        return text + _class_summary(metrics)
     return "no test split (--test-fraction 0); see metrics.json"
 
 
 # --------------------------------------------------------------------------------------- train
 OPTION_KEYS = ("data_key", "n_samples", "val_fraction", "test_fraction", "preprocess", "logit_alpha", "optimizer",
                "lr", "momentum", "schedule", "warmup", "batch_size", "steps", "clip", "backend", "device", "dtype",
-               "seed", "eval_every", "patience", "checkpoint_every")
+               "seed", "eval_every", "patience", "checkpoint_every", "ycond", "context", "weight_y")
 ARCH_OPTIONS = {"couplings": "n_couplings", "hidden": "hidden", "scale": "scale", "activation": "activation",
                 "K": "K", "L": "L", "width": "width", "coupling": "coupling", "permutation": "permutation",
-                "learn_top": "learn_top", "blocks": "blocks"}
+                "learn_top": "learn_top", "blocks": "blocks", "ycond_splits": "split_prior"}
 
 
 def _train_options(args) -> dict:
@@ -581,7 +645,15 @@ def _size_error(command: str, check, *args) -> bool:
     return False
 
 
-def _finite_samples(model, params, rng, n: int, temperature: float):
+def _sample_count(cfg: dict, args) -> int:
+    """How many samples ``rawflow sample`` draws (a grid per class rounds up to full rows)."""
+    if cfg.get("ycond") and args.label is None:
+        k = cfg["n_classes"]
+        return k * -(-args.n // k)
+    return args.n
+
+
+def _finite_samples(model, params, rng, n: int, temperature: float, y=None):
     """``(x, dropped)``: the finite samples of ``n`` draws and the indices of the others.
 
     Rule (documented in ``rawflow sample --help``): a draw whose ``x = f⁻¹(z)`` is not finite is
@@ -591,9 +663,41 @@ def _finite_samples(model, params, rng, n: int, temperature: float):
     from .._array import to_numpy
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        x = to_numpy(model.sample(params, rng, n, temperature=temperature))
+        conditions = {} if y is None else {"y": y}  # an unconditional model is called as before
+        x = to_numpy(model.sample(params, rng, n, temperature=temperature, **conditions))
     ok = np.isfinite(x.reshape(n, -1)).all(axis=1)
     return x[ok], np.flatnonzero(~ok)
+
+
+def to_host(a):
+    from .._array import to_numpy
+
+    return to_numpy(a)
+
+
+def _sample_conditions(cfg: dict, args):
+    """``(y, columns)`` for ``rawflow sample``: ``y`` the labels (or context rows) to sample at, ``None``
+    for an unconditional run; ``columns`` the grid width of a one-row-per-class grid, else ``None``."""
+    from .runs import RunError, conditioning, eval_labels, load_run_data
+
+    kind = conditioning(cfg)
+    if args.label is not None and kind != "labels":
+        raise RunError("--class needs a class-conditional run (trained with --ycond)")
+    if kind == "labels":
+        k = cfg["n_classes"]
+        if args.label is not None:
+            if args.label >= k:
+                raise RunError(f"--class {args.label}: the run has classes 0…{k - 1}")
+            return np.full(args.n, args.label, dtype=np.int64), None
+        per = -(-args.n // k)
+        return np.repeat(np.arange(k, dtype=np.int64), per), per
+    if kind == "context":
+        data = load_run_data(cfg)
+        c = eval_labels(cfg, data, "test")
+        if c is None or len(c) == 0:
+            raise RunError("the run has no test split whose context rows the samples could take")
+        return c[:args.n], None
+    return None, None
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -606,8 +710,14 @@ def run_sample(args: argparse.Namespace) -> int:
     cfg = _run_config("sample", args.run)
     if isinstance(cfg, int):
         return cfg
+    if args.label is not None and not cfg.get("ycond"):
+        _err("sample", "--class needs a class-conditional run (trained with --ycond)")
+        return EXIT_USAGE
+    if args.label is not None and args.label >= cfg["n_classes"]:
+        _err("sample", f"--class {args.label}: the run has classes 0…{cfg['n_classes'] - 1}")
+        return EXIT_USAGE
     _check_output(out, args, cfg)
-    if _size_error("sample", sizes.check_sample_sizes, args.n, cfg, ext == ".png"):
+    if _size_error("sample", sizes.check_sample_sizes, _sample_count(cfg, args), cfg, ext == ".png"):
         return EXIT_USAGE
     with _blas_threads(args.threads):
         loaded = _load_run("sample", args.run)
@@ -616,17 +726,28 @@ def run_sample(args: argparse.Namespace) -> int:
         params, model, cfg, step = loaded
         from .runs import quantize
 
+        from .runs import RunError
+
         rng = np.random.default_rng(args.seed)
-        x, dropped = _finite_samples(model, params, rng, args.n, args.temperature)
+        try:
+            y, rows = _sample_conditions(cfg, args)
+        except RunError as exc:
+            _err("sample", str(exc))
+            return EXIT_USAGE
+        n = args.n if y is None else len(y)
+        x, dropped = _finite_samples(model, params, rng, n, args.temperature, y)
         if len(x) == 0:
             _err("sample", f"all {args.n} samples are non-finite (the inverse overflowed; try a lower --temperature)")
             return EXIT_FAILED
         if len(dropped):
-            _warn("sample", f"{len(dropped)} of {args.n} samples are non-finite (the inverse overflowed) and are "
+            _warn("sample", f"{len(dropped)} of {n} samples are non-finite (the inverse overflowed) and are "
                             f"left out; {len(x)} written")
         images = cfg["kind"] == "image"
+        kept = np.setdiff1d(np.arange(n), dropped)
         if ext == ".npz":
-            arrays = {"samples": x, "n_requested": np.asarray(args.n), "nonfinite_index": dropped}
+            arrays = {"samples": x, "n_requested": np.asarray(n), "nonfinite_index": dropped}
+            if y is not None:
+                arrays["labels" if y.ndim == 1 else "context"] = to_host(y)[kept]
             if images:
                 arrays["pixels"] = quantize(cfg, x)
             files.write_with(out, lambda f: np.savez(f, **arrays))
@@ -634,9 +755,15 @@ def run_sample(args: argparse.Namespace) -> int:
             from . import plots
 
             title = f"{cfg['model']} on {os.path.basename(cfg['data'])}, step {step}, T = {args.temperature:g}"
-            if images:
+            if images and rows is not None:  # one row per class; a dropped draw leaves its cell blank
+                pixels = np.ones((n,) + x.shape[1:])
+                pixels[kept] = quantize(cfg, x) / (cfg["n_bins"] - 1)
+                plots.sample_grids(out, {f"one row per class 0…{cfg['n_classes'] - 1}": pixels}, ncol=rows,
+                                   title=title)
+            elif images:
+                label = "" if y is None else f" of class {args.label}"
                 pixels = quantize(cfg, x) / (cfg["n_bins"] - 1)
-                plots.sample_grids(out, {f"{len(x)} samples": pixels}, ncol=int(math.ceil(math.sqrt(len(x)))),
+                plots.sample_grids(out, {f"{len(x)} samples{label}": pixels}, ncol=int(math.ceil(math.sqrt(len(x)))),
                                    title=title)
             else:
                 from .runs import load_run_data
@@ -669,7 +796,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
             return loaded
         params, model, cfg, step = loaded
         from .._array import to_numpy
-        from .runs import RunError, device_namespace, eval_inputs, load_run_data, quantize
+        from .runs import RunError, device_namespace, eval_inputs, eval_labels, load_run_data, quantize
 
         try:
             data = load_run_data(cfg)
@@ -684,8 +811,10 @@ def run_interpolate(args: argparse.Namespace) -> int:
         if max(first + second) >= n:
             _err("interpolate", f"the test split has {n} inputs; indices up to {max(first + second)} asked for")
             return EXIT_USAGE
-        x = eval_inputs(cfg, data, "test", device_namespace(cfg["device"]))
-        frames = to_numpy(model.interpolate(params, x[first], x[second], args.steps))  # (S, M, *event)
+        xp = device_namespace(cfg["device"])
+        x, y = eval_inputs(cfg, data, "test", xp), eval_labels(cfg, data, "test", xp)
+        y0, y1 = (None, None) if y is None else (y[first], y[second])
+        frames = to_numpy(model.interpolate(params, x[first], x[second], args.steps, y0, y1))  # (S, M, *event)
         if ext == ".npz":
             arrays = {"frames": frames, "index_a": np.asarray(first), "index_b": np.asarray(second)}
             if cfg["kind"] == "image":
@@ -699,6 +828,82 @@ def run_interpolate(args: argparse.Namespace) -> int:
                 plots.interpolation_strip(out, pixels / (cfg["n_bins"] - 1))
             else:
                 plots.paths_2d(out, data.test, frames)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------- translate
+def run_translate(args: argparse.Namespace) -> int:
+    from . import files, sizes
+
+    if args.steps < 2:
+        _err("translate", "--steps must be at least 2")
+        return EXIT_USAGE
+    if args.out is None:
+        args.out = os.path.join(args.run, f"translation_{args.source}_to_{args.target}.png")
+    out = _output("translate", args, "")
+    if out is None:
+        return EXIT_USAGE
+    out, ext = out
+    cfg = _run_config("translate", args.run)
+    if isinstance(cfg, int):
+        return cfg
+    if not cfg.get("ycond") or cfg["kind"] != "image":
+        _err("translate", f"{args.run} is not a class-conditional image run (train it with --model glow --ycond)")
+        return EXIT_USAGE
+    k = cfg["n_classes"]
+    for flag, value in (("--from", args.source), ("--to", args.target)):
+        if value >= k:
+            _err("translate", f"{flag} {value}: the run has classes 0…{k - 1}")
+            return EXIT_USAGE
+    if args.source == args.target:
+        _err("translate", f"--from and --to are both {args.source}: the class direction would be zero")
+        return EXIT_USAGE
+    _check_output(out, args, cfg)
+    if _size_error("translate", sizes.check_interpolation_sizes, args.steps, args.n, cfg, ext == ".png"):
+        return EXIT_USAGE
+    with _blas_threads(args.threads):
+        loaded = _load_run("translate", args.run)
+        if isinstance(loaded, int):
+            return loaded
+        params, model, cfg, step = loaded
+        from .runs import RunError, device_namespace, eval_inputs, load_run_data, quantize
+        from .translate import class_means, translate
+
+        try:
+            data = load_run_data(cfg)
+        except RunError as exc:
+            _err("translate", str(exc))
+            return EXIT_USAGE
+        have = np.bincount(data.train_y, minlength=k)
+        missing = [c for c in (args.source, args.target) if have[c] == 0]
+        if missing:
+            _err("translate", f"the training split holds no image of class {missing[0]}: its mean latent is undefined")
+            return EXIT_USAGE
+        index = np.flatnonzero(data.test_y == args.source)[:args.n]
+        if len(index) == 0:
+            _err("translate", f"the test split holds no image of class {args.source}")
+            return EXIT_USAGE
+        if len(index) < args.n:
+            _warn("translate", f"the test split holds {len(index)} image(s) of class {args.source}; using those")
+        xp = device_namespace(cfg["device"])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            means = class_means(model, params, eval_inputs(cfg, data, "train", xp), data.train_y, k)
+            x = eval_inputs(cfg, data, "test", xp)[xp.asarray(index)]
+            frames = to_host(translate(model, params, x, args.source, args.target, means, args.steps))
+        if not np.isfinite(frames).all():
+            _warn("translate", "some frames are not finite (the inverse overflowed); they are drawn clipped")
+        pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+        if ext == ".npz":
+            arrays = {"frames": frames, "pixels": pixels, "test_index": index, "source": np.asarray(args.source),
+                      "target": np.asarray(args.target), "direction": means[args.target] - means[args.source]}
+            files.write_with(out, lambda f: np.savez(f, **arrays))
+        else:
+            from . import plots
+
+            plots.interpolation_strip(out, pixels / (cfg["n_bins"] - 1),
+                                      title=f"class {args.source} → {args.target}: f⁻¹(f(x) + t·(m_{args.target} − "
+                                      f"m_{args.source})), t = 0…1 (step {step})")
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -745,8 +950,11 @@ def _other_data(cfg: dict, args, run_data):
     from ..data.datasets import DATASETS, make_2d
     from .runs import Data, RunError, read_array
 
+    from .runs import _load_y, conditioning
+
     shape = tuple(cfg["event_shape"])
     name = args.data
+    kind = conditioning(cfg)
     if name in DATASETS:
         x = make_2d(name, 5000 if args.n is None else args.n, np.random.default_rng(args.seed))
     elif name == "digits":
@@ -754,9 +962,14 @@ def _other_data(cfg: dict, args, run_data):
 
         x = digits()[0]
     else:
-        x = read_array(name, args.data_key)
+        x = read_array(name, args.data_key or ("x" if kind and name.endswith(".npz") else None))
         if cfg["kind"] == "image" and x.ndim == 3:
             x = x[:, None]
+    y = None if kind is None else _load_y({"data": name}, kind, x.shape[0])
+    if kind == "labels" and y.size and y.max() >= cfg["n_classes"]:
+        raise RunError(f"--data {name}: labels up to {int(y.max())}, the run models classes 0…{cfg['n_classes'] - 1}")
+    if kind == "context" and y.shape[1] != cfg["context_features"]:
+        raise RunError(f"--data {name}: context rows of {y.shape[1]} features, the run takes {cfg['context_features']}")
     if x.ndim < 1 or tuple(x.shape[1:]) != shape:
         raise RunError(f"--data {name}: examples of shape {tuple(x.shape[1:])}, the run models {shape}")
     if cfg["kind"] == "image":
@@ -772,7 +985,8 @@ def _other_data(cfg: dict, args, run_data):
                            f"(first at row {int(np.flatnonzero(bad)[0])})")
         x = x.astype(np.float64)
     empty = x[:0]
-    return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"])
+    return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"],
+                train_y=run_data.train_y, val_y=None if y is None else y[:0], test_y=y)
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -788,7 +1002,7 @@ def run_demo(args: argparse.Namespace) -> int:
     files.check_output_folder(args.out, force=args.force)
     try:
         with files.run_lock(args.out), _blas_threads(args.threads):
-            return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet)
+            return run(args.out, quick=args.quick, seed=args.seed, quiet=args.quiet, threads=args.threads)
     except KeyboardInterrupt:
         _err("demo", "interrupted")
         return EXIT_INTERRUPTED

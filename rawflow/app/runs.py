@@ -76,7 +76,7 @@ ARCH_DEFAULTS = {
     ("realnvp", "vector"): {"n_couplings": 8, "hidden": [64, 64], "scale": "exp", "activation": "relu"},
     ("nice", "vector"): {"n_couplings": 4, "hidden": [64, 64], "activation": "relu"},
     ("glow", "image"): {"K": 4, "L": 2, "width": 32, "coupling": "affine", "permutation": "lu",
-                        "scale": "sigmoid", "learn_top": True},
+                        "scale": "sigmoid", "learn_top": True, "split_prior": False},
     ("realnvp", "image"): {"L": 2, "width": 32, "blocks": 2, "scale": "exp"},
     ("nice", "image"): {"n_couplings": 4, "hidden": [256, 256]},
 }
@@ -104,6 +104,9 @@ DEFAULTS: dict[str, Any] = {
     "patience": None,          # early stopping after this many evaluations without improvement
     "checkpoint_every": None,  # default: eval_every
     "init_batch": 512,         # rows for data-dependent initialisation (ActNorm)
+    "ycond": False,            # class-conditional: labels from the data (digits; 'y' in a .npz)
+    "context": False,          # conditional on a float context ('c' in a .npz; vector models)
+    "weight_y": None,          # class-conditional Glow: classifier cross-entropy weight (default 0.01)
 }
 # Generators are seeded by (seed, purpose), so each purpose draws an independent stream.
 SEED_DATA, SEED_SPLIT, SEED_EVAL_NOISE, SEED_TRAIN = 0, 1, 2, 3
@@ -142,10 +145,18 @@ class Data:
     test: np.ndarray
     event_shape: tuple
     n_bins: int | None = None
+    #: conditional runs: the labels (int64, ``(N,)``) or context rows (``(N, K)``) of each split
+    train_y: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    test_y: np.ndarray | None = None
 
     @property
     def dims(self) -> int:
         return math.prod(self.event_shape)
+
+    def y(self, split: str) -> np.ndarray | None:
+        """The labels / context rows of ``split`` (``None`` for an unconditional run)."""
+        return getattr(self, f"{split}_y")
 
 
 def _split(x: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,8 +181,52 @@ def read_array(path: str, key: str | None) -> np.ndarray:
     return arrayfile.read_array(path, key, owner="data", key_option="--data-key", error=RunError)
 
 
+def conditioning(cfg: dict) -> str | None:
+    """``"labels"`` (class-conditional), ``"context"`` (float context rows) or ``None``."""
+    return "labels" if cfg.get("ycond") else "context" if cfg.get("context") else None
+
+
 def load_data(cfg: dict) -> Data:
-    """The run's data, split into train / validation / test as the config says."""
+    """The run's data, split into train / validation / test as the config says; a conditional run's
+    labels or context rows are split alongside (the same permutation)."""
+    data = _load_x(cfg)
+    kind = conditioning(cfg)
+    if kind is not None:
+        y = _load_y(cfg, kind, len(data.train) + len(data.val) + len(data.test))
+        data.train_y, data.val_y, data.test_y = _split(y, cfg)
+    return data
+
+
+def _load_y(cfg: dict, kind: str, n: int) -> np.ndarray:
+    name = cfg["data"]
+    flag = "--ycond" if kind == "labels" else "--context"
+    if name == "digits" and kind == "labels":
+        from ..data.images import digit_labels
+
+        return digit_labels()
+    if not name.endswith(".npz"):
+        source = "the digits or a .npz holding 'y'" if kind == "labels" else "a .npz holding 'c'"
+        raise RunError(f"data: {flag} needs {kind} with the data: {source}; {name} has none")
+    key = "y" if kind == "labels" else "c"
+    y = read_array(name, key)
+    if kind == "labels":
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise RunError(f"data: {name}: labels 'y' must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
+        if y.shape[0] != n:
+            raise RunError(f"data: {name}: {y.shape[0]} labels for {n} examples")
+        if y.size and y.min() < 0:
+            raise RunError(f"data: {name}: labels must be non-negative class indices, got {int(y.min())}")
+        return y.astype(np.int64)
+    if y.dtype.kind != "f" or y.ndim != 2 or y.shape[1] < 1:
+        raise RunError(f"data: {name}: context 'c' must be a 2-D float array (N, K), got {y.dtype} of shape {y.shape}")
+    if y.shape[0] != n:
+        raise RunError(f"data: {name}: {y.shape[0]} context rows for {n} examples")
+    if not np.isfinite(y).all():
+        raise RunError(f"data: {name}: context 'c' contains NaN or Inf")
+    return y.astype(np.float64)
+
+
+def _load_x(cfg: dict) -> Data:
     name = cfg["data"]
     if name in DATASETS:
         x = make_2d(name, cfg["n_samples"], np.random.default_rng([cfg["seed"], SEED_DATA]))
@@ -184,7 +239,8 @@ def load_data(cfg: dict) -> Data:
     if not name.endswith((".npy", ".npz")):
         raise RunError(f"data: {name!r} is neither a dataset ({', '.join(sorted(DATASETS))}, digits) "
                        "nor a .npy/.npz file")
-    x = read_array(name, cfg.get("data_key"))
+    key = cfg.get("data_key") or ("x" if conditioning(cfg) and name.endswith(".npz") else None)
+    x = read_array(name, key)
     if x.dtype.kind in "iu" and x.ndim in (3, 4):
         if x.ndim == 3:
             x = x[:, None]
@@ -262,6 +318,15 @@ def eval_inputs(cfg: dict, data: Data, split: str, xp=np):
     return xp.asarray(to_model_space(cfg, dequantize(x, data.n_bins, rng, cfg["dtype"])))
 
 
+def eval_labels(cfg: dict, data: Data, split: str, xp=np):
+    """The labels (int64, on the host: the model one-hot encodes them in the input's namespace) or
+    context rows (``cfg["dtype"]``, in ``xp``) of a split; ``None`` for an unconditional run."""
+    y = data.y(split)
+    if y is None or conditioning(cfg) == "labels":
+        return y
+    return xp.asarray(y.astype(cfg["dtype"]))
+
+
 # --------------------------------------------------------------------------------------- model
 def device_namespace(device: str):
     """``numpy`` for ``"cpu"``; ``cupy`` for ``"gpu"``, or :class:`RunError` saying what is missing."""
@@ -324,27 +389,43 @@ def _build_model(cfg: dict) -> FlowModel:
 
     a, model, kind, backend = cfg["arch"], cfg["model"], cfg["kind"], cfg["backend"]
     shape = tuple(cfg["event_shape"])
+    cond = conditioning(cfg)
+    classes = cfg.get("n_classes") if cond == "labels" else None
+    k = classes if cond == "labels" else cfg.get("context_features") if cond == "context" else None
     if kind == "vector":
         d = shape[0]
         if model == "realnvp":
-            flow = _build(arch.realnvp, backend, d, a["n_couplings"], tuple(a["hidden"]), a["scale"], a["activation"])
+            flow = _build(arch.realnvp, backend, d, a["n_couplings"], tuple(a["hidden"]), a["scale"], a["activation"],
+                          context=k)
         elif model == "nice":
-            flow = _build(arch.nice, backend, d, a["n_couplings"], tuple(a["hidden"]), a["activation"])
+            flow = _build(arch.nice, backend, d, a["n_couplings"], tuple(a["hidden"]), a["activation"], context=k)
         else:
             raise RunError(f"model {model!r} needs image data (N, C, H, W); {cfg['data']} holds vectors")
-    else:
-        if model == "glow":
-            flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
-                          permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"])
-        elif model == "realnvp":
-            flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
-                          scale=a["scale"])
-        else:
-            flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
+        return FlowModel(flow, StandardNormal((d,)), classes=classes)
+    if model == "glow" and classes is not None:
+        built = arch.class_conditional_glow(a["K"], a["L"], a["width"], shape, classes, weight_y=cfg["weight_y"],
+                                            learn_top=a["learn_top"], split_prior=a.get("split_prior", False),
+                                            coupling=a["coupling"], permutation=a["permutation"], scale=a["scale"])
+        flow = built.bijector
+        if backend != "reference":
+            _set_backend(flow, backend)
         if preprocess(cfg) == "logit":
             from ..bijectors.logit import Logit
 
             flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
+        return FlowModel(flow, built.prior, classes=classes, classifier=built.classifier, weight_y=built.weight_y)
+    if model == "glow":
+        flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
+                      permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"])
+    elif model == "realnvp":
+        flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
+                      scale=a["scale"])
+    else:
+        flow = _build(arch.nice_images, backend, shape, a["n_couplings"], tuple(a["hidden"]))
+    if preprocess(cfg) == "logit":
+        from ..bijectors.logit import Logit
+
+        flow = Chain([Logit(shape, cfg["logit_alpha"]), flow])
     return FlowModel(flow, StandardNormal((math.prod(shape),)))
 
 
@@ -413,8 +494,11 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         sizes.check_request(cfg)
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    if cfg["ycond"] and cfg["context"]:
+        raise RunError("--ycond (class labels) and --context (float context rows) exclude each other")
     data = load_data(cfg)
     cfg["kind"], cfg["event_shape"], cfg["n_bins"] = data.kind, list(data.event_shape), data.n_bins
+    _conditioning_config(cfg, data)
     cfg["split_sizes"] = [len(data.train), len(data.val), len(data.test)]
     if name.endswith((".npy", ".npz")):
         cfg["data_sha256"] = file_digest(name)
@@ -428,6 +512,8 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
                        f"on {data.kind} data (it takes {', '.join(flags.get(k, k) for k in sorted(arch))})")
     arch.update(options.get("arch") or {})
     cfg["arch"] = arch
+    if arch.get("split_prior") and not cfg["ycond"]:
+        raise RunError(f"{flags.get('split_prior', 'split_prior')} conditions the split priors on the class: it needs --ycond")
     if cfg["preprocess"] is not None and data.kind != "image":
         raise RunError("preprocess applies to image data only")
     cfg["format"], cfg["rawflow_version"] = RUN_FORMAT, __version__
@@ -437,6 +523,32 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(str(exc)) from None
     build_model(cfg)
     return cfg
+
+
+def _conditioning_config(cfg: dict, data: Data) -> None:
+    """Check a conditional run's options against its data; record ``n_classes`` / ``context_features``
+    and ``weight_y``."""
+    cond, model = conditioning(cfg), cfg["model"]
+    if cond == "labels":
+        if data.kind == "image" and model != "glow":
+            raise RunError(f"--ycond on images is openai/glow's class-conditional Glow: use --model glow, not {model}")
+        labels = np.concatenate([data.train_y, data.val_y, data.test_y])
+        cfg["n_classes"] = int(labels.max()) + 1 if labels.size else 0
+        if cfg["n_classes"] < 2:
+            raise RunError(f"data: --ycond needs at least 2 classes, the labels hold {cfg['n_classes']}")
+    elif cond == "context":
+        if data.kind != "vector":
+            raise RunError("--context conditions the couplings of vector models (realnvp, nice); "
+                           "for images use --ycond with --model glow")
+        cfg["context_features"] = int(data.train_y.shape[1])
+    head = cond == "labels" and model == "glow"
+    if cfg["weight_y"] is None:
+        cfg["weight_y"] = 0.01 if head else 0.0  # openai/glow's conditional examples: --ycond --weight_y=0.01
+    if not (isinstance(cfg["weight_y"], (int, float)) and math.isfinite(cfg["weight_y"]) and cfg["weight_y"] >= 0):
+        raise RunError(f"weight_y must be a finite number ≥ 0, got {cfg['weight_y']!r}")
+    if cfg["weight_y"] > 0 and not head:
+        raise RunError("--weight-y weighs the classifier head of a class-conditional Glow: it needs --model glow "
+                       "--ycond")
 
 
 write_json = files.write_json  # atomic, strict JSON (NaN/Inf written as null)
@@ -558,7 +670,10 @@ def reference_params(cfg: dict, model: FlowModel, xp=np) -> dict:
     shape = (4, *cfg["event_shape"])
     # Values in [0.25, 0.75) are valid inputs in every model space (centred images, logit, vectors).
     x = np.random.default_rng(0).uniform(0.25, 0.75, size=shape).astype(cfg["dtype"])
-    return model.init(np.random.default_rng(0), xp.asarray(x))
+    cond = conditioning(cfg)
+    y = (np.zeros(4, dtype=np.int64) if cond == "labels"
+         else xp.zeros((4, cfg["context_features"]), dtype=cfg["dtype"]) if cond == "context" else None)
+    return model.init(np.random.default_rng(0), xp.asarray(x), y)
 
 
 def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
@@ -614,7 +729,8 @@ def init_state(cfg: dict, model: FlowModel, data: Data, xp=np) -> TrainState:
     train_x, batch_fn = _host_batches(cfg, data, xp)
     n = min(cfg["init_batch"], len(data.train))
     first = train_x[:n] if batch_fn is None else batch_fn(data.train[:n], rng)
-    params = model.init(rng, first)
+    y = eval_labels(cfg, data, "train", xp)
+    params = model.init(rng, first, None if y is None else y[:n])
     return TrainState(step=0, params=params, opt_state=make_optimizer(cfg).init(params), rng=rng,
                       loader=EpochLoader(len(data.train), cfg["batch_size"]), losses=[], val_steps=[], val_nll=[])
 
@@ -633,12 +749,17 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
     if len(rows) == 0:
         return {}
     p = f"{split}_" if prefix is None else prefix
-    nll = evaluate_nll(model, params, eval_inputs(cfg, data, split, xp), batch_size=1024, comm=comm)
+    x, y = eval_inputs(cfg, data, split, xp), eval_labels(cfg, data, split, xp)
+    nll = evaluate_nll(model, params, x, batch_size=1024, comm=comm, y=y)
     out: dict[str, Any] = {f"{p}nll": nll, f"{p}n": int(len(rows))}
+    if conditioning(cfg) == "labels":
+        out.update(class_metrics(model, params, x, y, p))
     if data.kind == "image":
         from ..data.images import bits_per_dim, independent_pixel_baseline
 
         out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
+        if f"{p}marginal_nll" in out:
+            out[f"{p}marginal_bits_per_dim"] = bits_per_dim(out[f"{p}marginal_nll"], data.dims, data.n_bins)
         out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
     else:
         value, why = gaussian_baseline(data.train, rows)
@@ -647,6 +768,33 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
             out[f"{p}gaussian_note"] = why
         if data.name == "eight_gaussians":
             out[f"{p}true_nll"] = float(-eight_gaussians_log_prob(rows).mean())
+    return out
+
+
+def class_metrics(model: FlowModel, params: dict, x, y: np.ndarray, prefix: str = "", batch_size: int = 1024) -> dict:
+    """What a class-conditional model says about held-out ``(x, y)``, besides ``−log p(x | y)``:
+
+    * ``marginal_nll``: ``−log p(x)`` with the labels unknown, ``p(x) = (1/K) Σ_k p(x | k)`` (a
+      uniform class prior), comparable with an unconditional model's NLL;
+    * ``bayes_accuracy``: how often ``argmax_k p(x | k)`` is the label (the flow as a classifier);
+    * ``classifier_accuracy``: the same for openai's classifier head, when the model has one.
+    """
+    k = model.classes
+    marginal, bayes, head = 0.0, 0, 0
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        per_class = to_numpy(model.log_prob_per_class(params, xb)).astype(np.float64)  # (B, K)
+        top = per_class.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(per_class - top).sum(axis=1)) + top[:, 0]
+        marginal += float((lse - math.log(k)).sum())
+        bayes += int((per_class.argmax(axis=1) == yb).sum())
+        if model.classifier is not None:
+            logits = to_numpy(model.classifier_logits(params, xb, yb))
+            head += int((logits.argmax(axis=1) == yb).sum())
+    n = x.shape[0]
+    out = {f"{prefix}marginal_nll": -marginal / n, f"{prefix}bayes_accuracy": bayes / n, f"{prefix}classes": k}
+    if model.classifier is not None:
+        out[f"{prefix}classifier_accuracy"] = head / n
     return out
 
 
@@ -727,7 +875,9 @@ def run_training(
 
     optimizer = make_optimizer(cfg)
     train_x, batch_fn = _host_batches(cfg, data, xp)
+    train_y = eval_labels(cfg, data, "train", xp)
     val_x = eval_inputs(cfg, data, "val", xp) if len(data.val) else None
+    val_y = eval_labels(cfg, data, "val", xp) if len(data.val) else None
     steps, every_eval, every_ckpt = cfg["steps"], cfg["eval_every"], cfg["checkpoint_every"]
     bar = _bar(steps, st.step, desc) if not quiet else None
     start, first_step = time.perf_counter(), st.step
@@ -745,10 +895,10 @@ def run_training(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while st.step < steps and st.stopped is None:
                 target = min(steps, _next_multiple(st.step, every_eval), _next_multiple(st.step, every_ckpt))
-                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm)
+                _advance(cfg, model, optimizer, st, target, train_x, batch_fn, on_step, ckpt, comm, train_y)
                 if val_x is not None and (st.step % every_eval == 0 or st.step == steps):
                     try:
-                        _evaluate(cfg, model, st, val_x, comm)
+                        _evaluate(cfg, model, st, val_x, comm, val_y)
                     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                         # the last update made parameters a layer refuses (an LU factor overflowed)
                         raise _diverged(st.step, f"the updated parameters are unusable ({exc})", ckpt) from exc
@@ -835,13 +985,13 @@ def _drop_legacy_checkpoint(out: str) -> None:
 
 
 def _advance(cfg, model, optimizer, st: TrainState, target: int, train_x, batch_fn, on_step, ckpt: str,
-             comm: Communicator | None = None) -> None:
+             comm: Communicator | None = None, train_y=None) -> None:
     """Train from ``st.step`` to ``target`` and update ``st``; :class:`RunDiverged` leaves ``st`` as it was."""
     try:
         params, opt_state, losses = train(
             model, st.params, train_x, optimizer, target - st.step, cfg["batch_size"], st.rng,
             opt_state=st.opt_state, max_grad_norm=cfg["clip"], callback=on_step, loader=st.loader,
-            batch_fn=batch_fn, comm=comm,
+            batch_fn=batch_fn, comm=comm, y=train_y,
         )
     except TrainingDiverged as err:
         if err.__cause__ is not None:
@@ -873,8 +1023,9 @@ def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None) -> None:
-    nll = evaluate_nll(model, st.params, val_x, batch_size=1024, comm=comm)
+def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None,
+              val_y=None) -> None:
+    nll = evaluate_nll(model, st.params, val_x, batch_size=1024, comm=comm, y=val_y)
     st.val_steps.append(st.step)
     st.val_nll.append(nll)
     if not math.isfinite(nll):

@@ -92,13 +92,21 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "patience": _int(1, null=True),
     "checkpoint_every": _int(1),
     "init_batch": _int(1),
+    "ycond": lambda v: None if isinstance(v, bool) else "true or false",
+    "context": lambda v: None if isinstance(v, bool) else "true or false",
+    "weight_y": _num(0, INF),
+    "n_classes": _int(2),
+    "context_features": _int(1),
 }
-OPTIONAL = {"data_sha256"}
+# Keys a run config may lack: written only when they apply, or by versions before they existed
+# (the conditioning keys: an older run is unconditional).
+OPTIONAL = {"data_sha256", "ycond", "context", "weight_y", "n_classes", "context_features"}
 ARCH_KEYS: dict[str, Callable[[Any], str | None]] = {
     "n_couplings": _int(1), "hidden": _int_list(lo=1), "scale": _choice("exp", "bounded", "sigmoid"),
     "activation": _choice("relu", "tanh", "leaky_relu"), "K": _int(1), "L": _int(1), "width": _int(1),
     "coupling": _choice("affine", "additive"), "permutation": _choice("lu", "dense", "reverse", "shuffle"),
     "learn_top": lambda v: None if isinstance(v, bool) else "true or false", "blocks": _int(1),
+    "split_prior": lambda v: None if isinstance(v, bool) else "true or false",
 }
 
 
@@ -122,6 +130,10 @@ def check_config(cfg: Any, where: str) -> None:
             problems.append(f"'arch.{key}' is {value!r:.60}, expected {want}")
     if not problems and cfg["kind"] == "image" and cfg["n_bins"] is None:
         problems.append("'n_bins' is None, expected an integer ≥ 2 for image data")
+    if not problems and cfg.get("ycond") and "n_classes" not in cfg:
+        problems.append("'ycond' is true but 'n_classes' is missing")
+    if not problems and cfg.get("context") and "context_features" not in cfg:
+        problems.append("'context' is true but 'context_features' is missing")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems[:4]) + (f" (and {len(problems) - 4} more)"
                                                                   if len(problems) > 4 else ""))

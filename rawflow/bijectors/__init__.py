@@ -9,11 +9,18 @@ Forward = data → latent; ``logdet = log|det ∂z/∂x|`` per sample, shape ``(
   (dense and LU 1×1 convolutions); :mod:`._channel` holds what they share.
 * Reshaping and multi-scale: :mod:`.squeeze`, :mod:`.split`, :mod:`.multiscale`;
   preprocessing: :mod:`.logit`.
+* Conditional layers (a context ``c`` reaches the conditioner or the prior): :mod:`.conditional_coupling`
+  (vectors and images), :mod:`.conditional_prior` (openai/glow's ``--ycond`` top and split priors,
+  the multi-scale latent's prior), :mod:`.conditional` (``ContextAsInput``: how they are checked).
 """
 
 from .actnorm import ActNorm
 from .bijector import Bijector
 from .chain import Chain
+from .conditional import ContextAsInput
+from .conditional_coupling import (ConditionalAdditiveCoupling, ConditionalAffineCoupling, ConditionalChannelCoupling,
+                                   ConditionalCoupling)
+from .conditional_prior import ConditionalSplit, GlowTop, MultiScalePrior
 from .coupling import AdditiveCoupling, AdditiveTransform, AffineCoupling, AffineTransform, Coupling
 from .image_coupling import ChannelCoupling, ChannelRotationCoupling, CheckerboardCoupling
 from .linear import DenseLinear, LULinear
@@ -38,15 +45,23 @@ __all__ = [
     "ChannelCoupling",
     "ChannelRotationCoupling",
     "CheckerboardCoupling",
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "ConditionalChannelCoupling",
+    "ConditionalCoupling",
+    "ConditionalSplit",
+    "ContextAsInput",
     "Coupling",
     "DenseLinear",
     "DiagonalScaling",
     "ExpScale",
     "Flatten",
+    "GlowTop",
     "GlowTopPrior",
     "Logit",
     "LULinear",
     "MultiScale",
+    "MultiScalePrior",
     "Partition",
     "Permutation",
     "Reverse",

@@ -50,10 +50,30 @@ Direction convention: **forward = data → latent** (the training direction). Fo
   derivative, a network's intermediates) and overwrite its own temporaries in place. The
   defaults call ``_forward`` / ``_inverse`` and drop the cache, so a layer that does not
   override them keeps the contract; composites (chains, multi-scale flows, models) call their
-  children's no-cache methods.
+  children's no-cache methods. A conditional layer (below) takes its context as a third
+  argument here too, ``_forward_no_cache(params, x, c)``, as in ``_forward``.
 * Randomness comes from a ``numpy.random.Generator`` passed explicitly (``init`` also accepts
   ``None`` for layers that draw nothing).
 * Nothing is stored on the layer by any call: calls can overlap and nothing needs flushing.
+
+**Conditional layers** (a context ``c: (N, K)`` such as a one-hot class label or an encoder's
+output; :mod:`rawflow.bijectors.conditional`). A layer whose :attr:`Bijector.context_shape` is
+``(K,)`` takes the context as a keyword and its VJPs also return the context's cotangent::
+
+    params = layer.init(rng, x, context=c)
+    z, logdet, cache = layer.forward(params, x, context=c)
+    x, logdet_inv, cache = layer.inverse(params, z, context=c)
+    gx, gparams, gcontext = layer.backward(params, cache, gz, glogdet)
+    gz, gparams, gcontext = layer.inverse_backward(params, cache, gx, glogdet)
+
+The context reaches the conditioner networks (or a prior's mean and log-std), never the
+elementwise maths, so the log-det stays ``log|det ∂z/∂x|`` at fixed ``c``. It is checked like an
+input: an array of the input's dtype and namespace, ``(N, K)`` with ``N`` the input's batch size,
+finite. The cache holds the context, so the VJPs take none. A layer that takes no context
+(``context_shape is None``, every layer above) is called exactly as before; passing it a context
+is an error, as is calling a conditional layer without one. A :class:`~rawflow.bijectors.chain.Chain`
+or :class:`~rawflow.bijectors.multiscale.MultiScale` holding conditional layers is conditional
+itself: it hands the context to those layers only and sums their context cotangents.
 """
 
 from __future__ import annotations
@@ -65,7 +85,7 @@ import numpy as np
 
 from .. import tree as _tree
 from .._array import Array
-from .._checks import Cache, MissingRng, check_array, check_rng, check_vector, open_cache
+from .._checks import Cache, MissingRng, check_array, check_context, check_rng, check_vector, open_cache
 
 
 class Bijector(ABC):
@@ -73,6 +93,9 @@ class Bijector(ABC):
 
     #: shape of one sample at the input (forward direction); ``None`` entries match any size.
     event_shape: tuple = ()
+    #: shape of one sample of the context, ``(K,)``, for a conditional layer; ``None`` for a layer
+    #: that takes no context (see the module docstring).
+    context_shape: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -108,43 +131,53 @@ class Bijector(ABC):
         return False
 
     # ------------------------------------------------------------------ public, validated
-    def init(self, rng: np.random.Generator | None, x: Array) -> dict:
+    def init(self, rng: np.random.Generator | None, x: Array, *, context: Array | None = None) -> dict:
         """Parameters for this layer, in ``x``'s dtype and array namespace.
 
         ``x`` is an example batch; data-dependent layers (ActNorm) initialise from it and need
         ``N ≥ 1``. ``rng`` may be ``None`` for layers that draw nothing (the LU / dense 1×1
-        convolutions are seeded at construction).
+        convolutions are seeded at construction). A conditional layer also takes the example
+        batch's ``context``.
         """
         if rng is None:
             rng = MissingRng(self.name)
         else:
             check_rng(self.name, rng)
         self._check_array(x, self.event_shape, "input")
+        c = self._check_context(context, x)
         if x.shape[0] == 0 and self.data_dependent:
             raise self._error(f"data-dependent init needs a non-empty example batch, got shape {tuple(x.shape)}")
-        params = self._init(rng, x)
+        params = self._init(rng, x) if c is None else self._init(rng, x, c)
         _tree.check(self.name, params, self.param_spec(), x.dtype, what="initialised parameter")
         return params
 
-    def forward(self, params: dict, x: Array):
+    def forward(self, params: dict, x: Array, *, context: Array | None = None):
         """``(z, logdet, cache)`` with ``z = f(x)`` and ``logdet = log|det ∂z/∂x|: (N,)``."""
         self._check_call(params, x, self.event_shape, "input")
-        z, logdet, cache = self._forward(params, x)
+        if context is None and self.context_shape is None:
+            z, logdet, cache = self._forward(params, x)
+        else:
+            z, logdet, cache = self._forward(params, x, self._check_context(context, x))
         return z, logdet, Cache(self, x.shape, z.shape, x.dtype, cache)
 
-    def inverse(self, params: dict, z: Array):
+    def inverse(self, params: dict, z: Array, *, context: Array | None = None):
         """``(x, logdet_inv, cache)`` with ``x = f⁻¹(z)`` and ``logdet_inv = log|det ∂x/∂z|``."""
         self._check_call(params, z, self.out_event_shape, "latent input")
-        x, logdet, cache = self._inverse(params, z)
+        if context is None and self.context_shape is None:
+            x, logdet, cache = self._inverse(params, z)
+        else:
+            x, logdet, cache = self._inverse(params, z, self._check_context(context, z))
         return x, logdet, Cache(self, x.shape, z.shape, z.dtype, cache)
 
     def backward(self, params: dict, cache: Any, gz: Array, glogdet: Array):
-        """VJP of ``forward``: ``(gx, gparams)`` given cotangents of ``z`` and ``logdet``."""
+        """VJP of ``forward``: ``(gx, gparams)`` given cotangents of ``z`` and ``logdet``;
+        ``(gx, gparams, gcontext)`` for a conditional layer."""
         self._check_cotangents(params, gz, glogdet, self.out_event_shape)
         return self._backward(params, open_cache(self, self.name, cache, gz, "z"), gz, glogdet)
 
     def inverse_backward(self, params: dict, cache: Any, gx: Array, glogdet: Array):
-        """VJP of ``inverse``: ``(gz, gparams)`` given cotangents of ``x`` and ``logdet_inv``."""
+        """VJP of ``inverse``: ``(gz, gparams)`` given cotangents of ``x`` and ``logdet_inv``;
+        ``(gz, gparams, gcontext)`` for a conditional layer."""
         self._check_cotangents(params, gx, glogdet, self.event_shape)
         return self._inverse_backward(params, open_cache(self, self.name, cache, gx, "x"), gx, glogdet)
 
@@ -160,14 +193,15 @@ class Bijector(ABC):
     def _inverse(self, params, z):
         ...
 
-    def _forward_no_cache(self, params, x):
-        """``(z, logdet)`` of :meth:`_forward`, bit for bit, without building a cache."""
-        z, logdet, _ = self._forward(params, x)
+    def _forward_no_cache(self, params, x, *context):
+        """``(z, logdet)`` of :meth:`_forward`, bit for bit, without building a cache (a conditional
+        layer takes its context here as in ``_forward``)."""
+        z, logdet, _ = self._forward(params, x, *context)
         return z, logdet
 
-    def _inverse_no_cache(self, params, z):
+    def _inverse_no_cache(self, params, z, *context):
         """``(x, logdet_inv)`` of :meth:`_inverse`, bit for bit, without building a cache."""
-        x, logdet, _ = self._inverse(params, z)
+        x, logdet, _ = self._inverse(params, z, *context)
         return x, logdet
 
     @abstractmethod
@@ -195,4 +229,57 @@ class Bijector(ABC):
     def _check_cotangents(self, params: dict, g: Array, glogdet: Array, event_shape: tuple) -> None:
         self._check_call(params, g, event_shape, "cotangent")
         check_vector(self.name, glogdet, "log-det cotangent", g.shape[0], g.dtype)
+
+    def _check_context(self, context: Any, x: Array) -> Array | None:
+        """``context`` checked against :attr:`context_shape` and the input ``x`` (``None`` for a
+        layer that takes none)."""
+        return check_context(self.name, self.context_shape, context, x)
+
+
+# ---------------------------------------------------------------------- composites
+# A composite (chain, multi-scale flow) calls its layers' unchecked methods and hands the context
+# only to the conditional ones. The VJP helpers return ``(g, gparams, gcontext or None)``.
+def run_forward(layer: Bijector, params: dict, x: Array, context: Array | None):
+    return layer._forward(params, x) if layer.context_shape is None else layer._forward(params, x, context)
+
+
+def run_inverse(layer: Bijector, params: dict, z: Array, context: Array | None):
+    return layer._inverse(params, z) if layer.context_shape is None else layer._inverse(params, z, context)
+
+
+def run_forward_no_cache(layer: Bijector, params: dict, x: Array, context: Array | None):
+    """``(z, logdet)`` of :func:`run_forward`, bit for bit, without a cache (inference paths)."""
+    if layer.context_shape is None:
+        return layer._forward_no_cache(params, x)
+    return layer._forward_no_cache(params, x, context)
+
+
+def run_inverse_no_cache(layer: Bijector, params: dict, z: Array, context: Array | None):
+    """``(x, logdet_inv)`` of :func:`run_inverse`, bit for bit, without a cache (sampling)."""
+    if layer.context_shape is None:
+        return layer._inverse_no_cache(params, z)
+    return layer._inverse_no_cache(params, z, context)
+
+
+def run_init(layer: Bijector, rng, x: Array, context: Array | None) -> dict:
+    return layer._init(rng, x) if layer.context_shape is None else layer._init(rng, x, context)
+
+
+def run_backward(layer: Bijector, params: dict, cache, g: Array, glogdet: Array):
+    out = layer._backward(params, cache, g, glogdet)
+    return out if layer.context_shape is not None else (*out, None)
+
+
+def run_inverse_backward(layer: Bijector, params: dict, cache, g: Array, glogdet: Array):
+    out = layer._inverse_backward(params, cache, g, glogdet)
+    return out if layer.context_shape is not None else (*out, None)
+
+
+def common_context(owner: str, parts) -> tuple | None:
+    """The one context shape of the conditional ``parts`` (``None`` if none is conditional)."""
+    shapes = {tuple(p.context_shape) for p in parts if p.context_shape is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"{owner}: its conditional layers take contexts of different shapes {sorted(shapes)}; "
+                         "one context is handed to all of them")
+    return shapes.pop() if shapes else None
 

@@ -15,6 +15,11 @@ Two ways to run the backward pass, chosen explicitly at construction:
   the mirror image, rebuilding with ``forward``.
 
 Every layer receives the same ``glogdet``, since ``∂(Σ_k logdet_k)/∂logdet_k = 1``.
+
+A chain holding conditional layers (:mod:`rawflow.bijectors.conditional`) is conditional: its
+``context_shape`` is theirs (they must agree), ``forward``/``inverse`` take ``context=`` and hand it
+to those layers only, and its VJPs return ``(g, gparams, gcontext)`` with ``gcontext`` the sum of
+their context cotangents. A reconstructing chain keeps the context with its end points.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from .._array import Array
-from .bijector import Bijector
+from .bijector import (Bijector, common_context, run_backward, run_forward, run_forward_no_cache, run_init,
+                       run_inverse, run_inverse_backward, run_inverse_no_cache)
 
 
 class Chain(Bijector):
@@ -43,6 +49,7 @@ class Chain(Bijector):
         self.layers = list(layers)
         self.reconstruct = bool(reconstruct)
         self.event_shape = self.layers[0].event_shape
+        self.context_shape = common_context("Chain", self.layers)
 
     @property
     def out_event_shape(self) -> tuple:
@@ -63,78 +70,89 @@ class Chain(Bijector):
     def data_dependent(self) -> bool:
         return any(layer.data_dependent for layer in self.layers)
 
-    def _init(self, rng: np.random.Generator, x: Array) -> dict:
+    def _init(self, rng: np.random.Generator, x: Array, context: Array | None = None) -> dict:
         params = {}
         for i, layer in enumerate(self.layers):
             # Data-dependent layers (ActNorm) see the batch as it arrives at their depth.
-            params[str(i)] = layer._init(rng, x)
-            x = layer._forward(params[str(i)], x)[0]
+            params[str(i)] = run_init(layer, rng, x, context)
+            x = run_forward(layer, params[str(i)], x, context)[0]
         return params
 
-    def _forward(self, params, x):
+    def _ends(self, x_in, x_out, context):
+        """A reconstructing chain's cache: its end points (and the context, if it takes one)."""
+        return (x_in, x_out) if context is None else (x_in, x_out, context)
+
+    def _forward(self, params, x, context=None):
         if self.reconstruct:  # keeps only its ends: the layers need not build caches at all
-            z, total = self._forward_no_cache(params, x)
-            return z, total, (x, z)
+            z, total = self._forward_no_cache(params, x, context)
+            return z, total, self._ends(x, z, context)
         total = 0
         caches = []
         for i, layer in enumerate(self.layers):
-            x, logdet, cache = layer._forward(params[str(i)], x)
+            x, logdet, cache = run_forward(layer, params[str(i)], x, context)
             total = total + logdet
             caches.append(cache)
         return x, total, caches
 
-    def _inverse(self, params, z):
+    def _inverse(self, params, z, context=None):
         if self.reconstruct:
-            x, total = self._inverse_no_cache(params, z)
-            return x, total, (x, z)
+            x, total = self._inverse_no_cache(params, z, context)
+            return x, total, self._ends(x, z, context)
         total = 0
         caches = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
-            z, logdet, caches[i] = self.layers[i]._inverse(params[str(i)], z)
+            z, logdet, caches[i] = run_inverse(self.layers[i], params[str(i)], z, context)
             total = total + logdet
         return z, total, caches
 
-    def _forward_no_cache(self, params, x):
+    def _forward_no_cache(self, params, x, context=None):
         total = 0
         for i, layer in enumerate(self.layers):
-            x, logdet = layer._forward_no_cache(params[str(i)], x)
+            x, logdet = run_forward_no_cache(layer, params[str(i)], x, context)
             total = total + logdet
         return x, total
 
-    def _inverse_no_cache(self, params, z):
+    def _inverse_no_cache(self, params, z, context=None):
         total = 0
         for i in reversed(range(len(self.layers))):
-            z, logdet = self.layers[i]._inverse_no_cache(params[str(i)], z)
+            z, logdet = run_inverse_no_cache(self.layers[i], params[str(i)], z, context)
             total = total + logdet
         return z, total
 
+    def _finish(self, g, gparams, gcontext):
+        return (g, gparams) if self.context_shape is None else (g, gparams, gcontext)
+
     def _backward(self, params, cache, gz, glogdet):
-        gparams = {}
+        gparams, gcontext = {}, None
         if self.reconstruct:
-            _, z = cache
-            for i in reversed(range(len(self.layers))):
-                layer, p = self.layers[i], params[str(i)]
-                z, _, layer_cache = layer._inverse(p, z)
-                gz, gparams[str(i)] = layer._backward(p, layer_cache, gz, glogdet)
-                del layer_cache
-        else:
-            for i in reversed(range(len(self.layers))):
-                gz, gparams[str(i)] = self.layers[i]._backward(params[str(i)], cache[i], gz, glogdet)
-        return gz, gparams
+            z, context = cache[1], cache[2] if len(cache) == 3 else None
+        for i in reversed(range(len(self.layers))):
+            layer, p = self.layers[i], params[str(i)]
+            if self.reconstruct:
+                z, _, layer_cache = run_inverse(layer, p, z, context)
+            else:
+                layer_cache = cache[i]
+            gz, gparams[str(i)], gc = run_backward(layer, p, layer_cache, gz, glogdet)
+            del layer_cache
+            if gc is not None:
+                gcontext = gc if gcontext is None else gcontext + gc
+        return self._finish(gz, gparams, gcontext)
 
     def _inverse_backward(self, params, cache, gx, glogdet):
-        gparams = {}
+        gparams, gcontext = {}, None
         if self.reconstruct:
-            x, _ = cache
-            for i, layer in enumerate(self.layers):
-                p = params[str(i)]
-                x, _, layer_cache = layer._forward(p, x)
-                gx, gparams[str(i)] = layer._inverse_backward(p, layer_cache, gx, glogdet)
-                del layer_cache
-        else:
-            for i, layer in enumerate(self.layers):
-                gx, gparams[str(i)] = layer._inverse_backward(params[str(i)], cache[i], gx, glogdet)
-        return gx, gparams
+            x, context = cache[0], cache[2] if len(cache) == 3 else None
+        for i, layer in enumerate(self.layers):
+            p = params[str(i)]
+            if self.reconstruct:
+                x, _, layer_cache = run_forward(layer, p, x, context)
+            else:
+                layer_cache = cache[i]
+            gx, gparams[str(i)], gc = run_inverse_backward(layer, p, layer_cache, gx, glogdet)
+            del layer_cache
+            if gc is not None:
+                gcontext = gc if gcontext is None else gcontext + gc
+        return self._finish(gx, gparams, gcontext)
 
 
 def _shapes_compatible(a: tuple, b: tuple) -> bool:

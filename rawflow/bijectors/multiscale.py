@@ -19,6 +19,11 @@ VJPs: ``gz`` is cut into the same pieces; going back from the last level, each l
 ``(x, z)`` and rebuilds each level's output from ``z`` and the level above's rebuilt input, running
 the level's ``inverse`` right before its VJP (levels that are reconstructing chains do the same
 inside), so activation memory does not grow with depth.
+
+Levels that take a context (e.g. Glow's split prior conditioned on a class,
+:class:`~rawflow.bijectors.conditional_prior.ConditionalSplit`) make the flow conditional, as a
+:class:`~rawflow.bijectors.chain.Chain` does: the context goes to those levels only and the VJPs
+also return the sum of their context cotangents.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import math
 from typing import Sequence
 
 from .._array import namespace
-from .bijector import Bijector
+from .bijector import (Bijector, common_context, run_backward, run_forward, run_forward_no_cache, run_init,
+                       run_inverse, run_inverse_backward, run_inverse_no_cache)
 
 
 class MultiScale(Bijector):
@@ -40,6 +46,7 @@ class MultiScale(Bijector):
         self.levels, self.keep = levels, keep
         self.event_shape = tuple(int(d) for d in image_shape)
         self.reconstruct = bool(reconstruct)
+        self.context_shape = common_context("MultiScale", levels)
         # Concrete shapes: each level's output, and the factored / kept parts.
         self.level_in, self.level_out = [], []
         shape = self.event_shape
@@ -91,21 +98,27 @@ class MultiScale(Bijector):
         return namespace(kept).concatenate([kept, factored], axis=1)
 
     # ------------------------------------------------------------------ the bijector
-    def _init(self, rng, x):
+    def _init(self, rng, x, context=None):
         params = {}
         for i, level in enumerate(self.levels):
-            params[str(i)] = level._init(rng, x)
-            h = level._forward(params[str(i)], x)[0]
+            params[str(i)] = run_init(level, rng, x, context)
+            h = run_forward(level, params[str(i)], x, context)[0]
             x = h[:, : self.keep[i]] if i < len(self.keep) else h
         return params
 
-    def _forward(self, params, x):
+    def _ends(self, x, z, context):
+        return (x, z) if context is None else (x, z, context)
+
+    def _finish(self, g, gparams, gcontext):
+        return (g, gparams) if self.context_shape is None else (g, gparams, gcontext)
+
+    def _forward(self, params, x, context=None):
         if self.reconstruct:  # keeps only its ends: the levels need not build caches at all
-            z, total = self._forward_no_cache(params, x)
-            return z, total, (x, z)
+            z, total = self._forward_no_cache(params, x, context)
+            return z, total, self._ends(x, z, context)
         total, caches, pieces = 0, [], []
         for i, level in enumerate(self.levels):
-            h, logdet, cache = level._forward(params[str(i)], x)
+            h, logdet, cache = run_forward(level, params[str(i)], x, context)
             total = total + logdet
             caches.append(cache)
             if i < len(self.keep):
@@ -115,24 +128,24 @@ class MultiScale(Bijector):
                 pieces.append(h)
         return self._join(pieces), total, caches
 
-    def _inverse(self, params, z):
+    def _inverse(self, params, z, context=None):
         if self.reconstruct:
-            x, total = self._inverse_no_cache(params, z)
-            return x, total, (x, z)
+            x, total = self._inverse_no_cache(params, z, context)
+            return x, total, self._ends(x, z, context)
         pieces = self._cut(z)
         total, caches = 0, [None] * len(self.levels)
         h = pieces[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.keep):
                 h = self._merge(h, pieces[i])
-            h, logdet, caches[i] = self.levels[i]._inverse(params[str(i)], h)
+            h, logdet, caches[i] = run_inverse(self.levels[i], params[str(i)], h, context)
             total = total + logdet
         return h, total, caches
 
-    def _forward_no_cache(self, params, x):
+    def _forward_no_cache(self, params, x, context=None):
         total, pieces = 0, []
         for i, level in enumerate(self.levels):
-            h, logdet = level._forward_no_cache(params[str(i)], x)
+            h, logdet = run_forward_no_cache(level, params[str(i)], x, context)
             total = total + logdet
             if i < len(self.keep):
                 pieces.append(h[:, self.keep[i]:])
@@ -141,21 +154,22 @@ class MultiScale(Bijector):
                 pieces.append(h)
         return self._join(pieces), total
 
-    def _inverse_no_cache(self, params, z):
+    def _inverse_no_cache(self, params, z, context=None):
         pieces = self._cut(z)
         total = 0
         h = pieces[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.keep):
                 h = self._merge(h, pieces[i])
-            h, logdet = self.levels[i]._inverse_no_cache(params[str(i)], h)
+            h, logdet = run_inverse_no_cache(self.levels[i], params[str(i)], h, context)
             total = total + logdet
         return h, total
 
     def _backward(self, params, cache, gz, glogdet):
         gpieces = self._cut(gz)
         pieces = self._cut(cache[1]) if self.reconstruct else None
-        gparams = {}
+        context = cache[2] if self.reconstruct and len(cache) == 3 else None
+        gparams, gcontext = {}, None
         g, h = gpieces[-1], (pieces[-1] if pieces else None)
         for i in reversed(range(len(self.levels))):
             level, p = self.levels[i], params[str(i)]
@@ -164,25 +178,30 @@ class MultiScale(Bijector):
                 if pieces:
                     h = self._merge(h, pieces[i])
             if self.reconstruct:
-                h, _, level_cache = level._inverse(p, h)
+                h, _, level_cache = run_inverse(level, p, h, context)
             else:
                 level_cache = cache[i]
-            g, gparams[str(i)] = level._backward(p, level_cache, g, glogdet)
+            g, gparams[str(i)], gc = run_backward(level, p, level_cache, g, glogdet)
             del level_cache
-        return g, gparams
+            if gc is not None:
+                gcontext = gc if gcontext is None else gcontext + gc
+        return self._finish(g, gparams, gcontext)
 
     def _inverse_backward(self, params, cache, gx, glogdet):
         x = cache[0] if self.reconstruct else None
-        gparams, gpieces = {}, []
+        context = cache[2] if self.reconstruct and len(cache) == 3 else None
+        gparams, gpieces, gcontext = {}, [], None
         g = gx
         for i, level in enumerate(self.levels):
             p = params[str(i)]
             if self.reconstruct:
-                h, _, level_cache = level._forward(p, x)
+                h, _, level_cache = run_forward(level, p, x, context)
             else:
                 level_cache = cache[i]
-            g, gparams[str(i)] = level._inverse_backward(p, level_cache, g, glogdet)
+            g, gparams[str(i)], gc = run_inverse_backward(level, p, level_cache, g, glogdet)
             del level_cache
+            if gc is not None:
+                gcontext = gc if gcontext is None else gcontext + gc
             if i < len(self.keep):
                 gpieces.append(g[:, self.keep[i]:])
                 g = g[:, : self.keep[i]]
@@ -190,4 +209,4 @@ class MultiScale(Bijector):
                     x = h[:, : self.keep[i]]
             else:
                 gpieces.append(g)
-        return self._join(gpieces), gparams
+        return self._finish(self._join(gpieces), gparams, gcontext)

@@ -105,51 +105,62 @@ class Split(Bijector):
     def param_spec(self) -> dict:
         return {"prior": self.prior.param_spec()}
 
-    def _stats(self, params, x1):
+    def _stats(self, params, x1, context=None):
+        """``(μ, ℓ, cache)`` from the kept half (and, in :class:`~rawflow.bijectors.conditional_prior.ConditionalSplit`,
+        the context): ``h = ZeroConv2d(x₁)``, interleaved."""
         h, net_cache = self.prior.apply(params["prior"], x1)
         return h[:, 0::2], h[:, 1::2], net_cache
 
-    def _stats_no_cache(self, params, x1):
+    def _stats_no_cache(self, params, x1, context=None):
+        """``(μ, ℓ)`` of :meth:`_stats`, bit for bit, without the network's cache."""
         h = self.prior.apply_no_cache(params["prior"], x1)
         return h[:, 0::2], h[:, 1::2]
 
     def _stats_backward(self, params, net_cache, gmu, glogs):
+        """``(gx₁, gparams, gcontext)``; ``gcontext`` is ``None`` here (no context)."""
+        gx1, gprior = self.prior.backward(params["prior"], net_cache, self._interleave(gmu, glogs))
+        return gx1, {"prior": gprior}, None
+
+    @staticmethod
+    def _interleave(gmu, glogs):
         xp = namespace(gmu)
         n, c2, hh, ww = gmu.shape
-        gh = xp.stack([gmu, glogs], axis=2).reshape(n, 2 * c2, hh, ww)  # re-interleave: [μ₀, ℓ₀, μ₁, ℓ₁, ...]
-        gx1, gprior = self.prior.backward(params["prior"], net_cache, gh)
-        return gx1, {"prior": gprior}
+        return xp.stack([gmu, glogs], axis=2).reshape(n, 2 * c2, hh, ww)  # re-interleave: [μ₀, ℓ₀, μ₁, ℓ₁, ...]
+
+    @staticmethod
+    def _out(g, gparams, gcontext):
+        return (g, gparams) if gcontext is None else (g, gparams, gcontext)
 
     # ------------------------------------------------------------------ bijector
-    def _init(self, rng, x):
+    def _init(self, rng, x, context=None):
         return {"prior": self.prior.init(rng, x[:, : self.kept])}
 
-    def _forward(self, params, x):
+    def _forward(self, params, x, context=None):
         xp = namespace(x)
         x1, x2 = self.parts(x)
-        mu, logs, net_cache = self._stats(params, x1)
+        mu, logs, net_cache = self._stats(params, x1, context)
         sigma = xp.exp(logs)
         eps = (x2 - mu) / sigma
         return self.join(x1, eps), -_row_sum(logs), (net_cache, eps, sigma)
 
-    def _inverse(self, params, z):
+    def _inverse(self, params, z, context=None):
         xp = namespace(z)
         z1, eps = self.parts(z)
-        mu, logs, net_cache = self._stats(params, z1)
+        mu, logs, net_cache = self._stats(params, z1, context)
         sigma = xp.exp(logs)
         # +Σℓ is the exact negation of the forward's −Σℓ (same ℓ, since z₁ = x₁ bit for bit).
         return self.join(z1, mu + sigma * eps), _row_sum(logs), (net_cache, eps, sigma)
 
-    def _forward_no_cache(self, params, x):
+    def _forward_no_cache(self, params, x, context=None):
         xp = namespace(x)
         x1, x2 = self.parts(x)
-        mu, logs = self._stats_no_cache(params, x1)
+        mu, logs = self._stats_no_cache(params, x1, context)
         return self.join(x1, (x2 - mu) / xp.exp(logs)), -_row_sum(logs)
 
-    def _inverse_no_cache(self, params, z):
+    def _inverse_no_cache(self, params, z, context=None):
         xp = namespace(z)
         z1, eps = self.parts(z)
-        mu, logs = self._stats_no_cache(params, z1)
+        mu, logs = self._stats_no_cache(params, z1, context)
         return self.join(z1, mu + xp.exp(logs) * eps), _row_sum(logs)
 
     def _backward(self, params, cache, gz, glogdet):
@@ -157,16 +168,16 @@ class Split(Bijector):
         g1, geps = self.parts(gz)
         gx2 = geps / sigma
         glogs = -(geps * eps) - _per_row(glogdet, eps)
-        gx1, gparams = self._stats_backward(params, net_cache, -gx2, glogs)
-        return self.join(g1 + gx1, gx2), gparams
+        gx1, gparams, gcontext = self._stats_backward(params, net_cache, -gx2, glogs)
+        return self._out(self.join(g1 + gx1, gx2), gparams, gcontext)
 
     def _inverse_backward(self, params, cache, gx, glogdet):
         net_cache, eps, sigma = cache
         g1, gx2 = self.parts(gx)
         geps = gx2 * sigma
         glogs = geps * eps + _per_row(glogdet, eps)
-        gz1, gparams = self._stats_backward(params, net_cache, gx2, glogs)
-        return self.join(g1 + gz1, geps), gparams
+        gz1, gparams, gcontext = self._stats_backward(params, net_cache, gx2, glogs)
+        return self._out(self.join(g1 + gz1, geps), gparams, gcontext)
 
     # ------------------------------------------------------------------ multi-scale interface
     def factor(self, params: dict, x: Array):

@@ -40,7 +40,12 @@ class Context:
 
 
 def count_layers(layer) -> int:
-    # A chain's layers, or a multi-scale flow's levels.
+    # A chain's layers, or a multi-scale flow's levels; a conditional layer checked through its
+    # joint rows (ContextAsInput) counts as the layer it wraps.
+    from ..bijectors.conditional import ContextAsInput
+
+    if isinstance(layer, ContextAsInput):
+        return count_layers(layer.layer)
     subs = getattr(layer, "layers", None) or getattr(layer, "levels", None)
     if not subs:
         return 1

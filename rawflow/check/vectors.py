@@ -24,6 +24,12 @@ The manifest's ``params_tree`` of each case is the parameter tree's skeleton (ne
 ``null`` at the leaves): layers without parameters (``Squeeze``, a multi-scale model's split
 levels) have empty subtrees, which no ``param/<p>`` field can express, and a verifier needs them
 to call the layer. Manifests written before it existed are read as leaves-only trees.
+
+Conditional layers (a context ``c: (N, K)``) are exported as the bijector
+:class:`~rawflow.bijectors.conditional.ContextAsInput` of their joint rows: ``<d>/input`` is
+``[x.reshape(N, −1) | c]``, ``<d>/output`` is ``[z.reshape(N, −1) | c]``, and ``grad/input`` holds the
+input's cotangent followed by the context's (plus the output cotangent's context part, which
+passes through). The manifest's ``layer`` entry gives the event shape and ``K``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import numpy as np
 from .. import tree
 from .._files import atomic_write
 from ..bijectors.chain import Chain
+from ..bijectors.conditional import ContextAsInput
 from ..bijectors.coupling import AffineTransform, Coupling
+from ..nets.context import ConcatContext
 from . import oracles, registry
 from .probe import Probe
 from .records import Report, compare, verdict
@@ -70,12 +78,28 @@ CONVENTIONS = {
                 "y_b = x_b * exp(log_s(h_s)) + t; additive: y_b = x_b + h",
     "scale_maps": "exp: log s = h; bounded(c): log s = c*tanh(h/c); sigmoid: s = sigmoid(h + 2)",
     "params": "npz keys param/<path>; paths join nested dict keys with '/'",
+    "context": "conditional layers (class ContextAsInput): rows [x.reshape(N, -1) | c] -> [z.reshape(N, -1) | c]; "
+               "the context c is part of the input, its cotangent part of grad/input; the log-det is log|det dz/dx|",
 }
 
 
 # ---------------------------------------------------------------------- describing layers
+def _describe_net(net) -> dict | None:
+    if hasattr(net, "widths"):
+        return {"class": type(net).__name__, "widths": list(net.widths), "activation": net.activation.name,
+                "leaky_slope": net.activation.slope}
+    if isinstance(net, ConcatContext):
+        inner = _describe_net(net.net)
+        return {"class": "ConcatContext", "context_features": net.context_features,
+                "input": "[x_a, context] along features", **({"net": inner} if inner else {})}
+    return None
+
+
 def describe(layer) -> dict:
     """A JSON description of a layer's fixed structure, enough to rebuild it elsewhere."""
+    if isinstance(layer, ContextAsInput):
+        return {"class": "ContextAsInput", "event_shape": list(layer.x_shape), "context_features": layer.k,
+                "rows": "[x.reshape(N, -1) | context]", "layer": describe(layer.layer)}
     if isinstance(layer, Chain):
         return {"class": "Chain", "reconstruct": layer.reconstruct, "layers": [describe(s) for s in layer.layers]}
     if isinstance(layer, Coupling):
@@ -89,9 +113,9 @@ def describe(layer) -> dict:
         }
         if isinstance(layer.transform, AffineTransform):
             out["scale"] = repr(layer.transform.scale)
-        if hasattr(net, "widths"):
-            out["conditioner"] = {"class": type(net).__name__, "widths": list(net.widths),
-                                  "activation": net.activation.name, "leaky_slope": net.activation.slope}
+        conditioner = _describe_net(net)
+        if conditioner is not None:
+            out["conditioner"] = conditioner
         return out
     return {"class": type(layer).__name__, "event_shape": list(getattr(layer, "event_shape", ())),
             "repr": repr(layer)}

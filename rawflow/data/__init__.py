@@ -12,13 +12,14 @@ from .datasets import (
     spirals,
     two_moons,
 )
-from .images import bits_per_dim, dequantize, digits, independent_pixel_baseline, load_images
+from .images import bits_per_dim, dequantize, digit_labels, digits, independent_pixel_baseline, load_images
 
 __all__ = [
     "bits_per_dim",
     "checkerboard",
     "circles",
     "dequantize",
+    "digit_labels",
     "digits",
     "eight_gaussians",
     "eight_gaussians_log_prob",

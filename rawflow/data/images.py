@@ -77,3 +77,12 @@ def independent_pixel_baseline(train: np.ndarray, test: np.ndarray, n_bins: int)
     probs = counts / counts.sum(axis=1, keepdims=True)
     logp = np.log2(probs[np.arange(dims), flat_test])
     return float(-logp.mean())
+
+
+def digit_labels() -> np.ndarray:
+    """The class (0…9) of each image of :func:`digits`, in the same order, as int64."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - scikit-learn is in the demo/test extras
+        raise ImportError("the digits data ship with scikit-learn: pip install 'rawflow[demo]'") from exc
+    return load_digits().target.astype(np.int64)

@@ -60,9 +60,11 @@ class DataParallel:
         """This rank's rows of the global batch."""
         return batch[self.lo:self.lo + self.local]
 
-    def nll_and_grad(self, model, params: dict, batch: Array) -> tuple[float, dict]:
-        """The global batch's mean NLL and its gradient, from this rank's shard and one allreduce."""
-        loss, grads = model.nll_and_grad(params, self.shard(batch))
+    def nll_and_grad(self, model, params: dict, batch: Array, y: Array | None = None) -> tuple[float, dict]:
+        """The global batch's mean NLL and its gradient, from this rank's shard and one allreduce
+        (``y``: the batch's labels or context rows, sharded alike)."""
+        labels = () if y is None else (self.shard(y),)  # a model without labels: two arguments, as before
+        loss, grads = model.nll_and_grad(params, self.shard(batch), *labels)
         paths = [(p, g) for p, g in _tree.leaves(grads)]
         xp = namespace(*(g for _, g in paths))
         dtype = paths[0][1].dtype if paths else np.float64

@@ -22,6 +22,11 @@ Sampling draws from the NumPy ``Generator`` on the host (reproducible on every b
 draw to the namespace and dtype of ``like`` (or of the learned parameters) with ``xp.asarray``.
 ``temperature`` ``T`` scales the standard deviation (Gaussians) or the scale (logistic).
 All log-densities are analytic in ``z`` and the parameters (complex-step safe).
+
+A **conditional prior** (``context_shape = (K,)``, e.g. Glow's class-conditional top prior
+:class:`~rawflow.bijectors.conditional_prior.MultiScalePrior`) takes ``context=`` in ``init``,
+``log_prob`` and ``sample``, checked as a conditional layer's (:mod:`rawflow.bijectors.bijector`), and
+its ``backward`` returns ``(gz, gparams, gcontext)``. The priors in this file take no context.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ import numpy as np
 
 from .. import tree as _tree
 from .._array import Array, namespace, softplus
-from .._checks import (Cache, MissingRng, check_array, check_count, check_positive_finite, check_rng,
-                       check_vector, open_cache)
+from .._checks import (Cache, MissingRng, check_array, check_context, check_count, check_positive_finite,
+                       check_rng, check_vector, open_cache)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -53,6 +58,8 @@ class Prior(ABC):
     """
 
     event_shape: tuple = ()
+    #: ``(K,)`` for a conditional prior, ``None`` for one that takes no context (see the module doc)
+    context_shape: tuple | None = None
 
     def __init__(self, event_shape: Sequence[int | None]):
         try:
@@ -76,30 +83,35 @@ class Prior(ABC):
         return _tree.ANY
 
     # ------------------------------------------------------------------ public, validated
-    def init(self, rng: np.random.Generator | None, z: Array) -> dict:
+    def init(self, rng: np.random.Generator | None, z: Array, *, context: Array | None = None) -> dict:
         """Learned parameters in ``z``'s dtype and namespace (``{}`` when nothing is learned)."""
         if rng is None:
             rng = MissingRng(self.name)
         else:
             check_rng(self.name, rng)
         self._check_array(z, "input")
-        params = self._init(rng, z)
+        c = check_context(self.name, self.context_shape, context, z)
+        params = self._init(rng, z) if c is None else self._init(rng, z, c)
         _tree.check(self.name, params, self.param_spec(), z.dtype, what="initialised parameter")
         return params
 
-    def log_prob(self, params: dict, z: Array, *, check_finite: bool = True):
-        """``(lp, cache)`` with ``lp = log π(z): (N,)``.
+    def log_prob(self, params: dict, z: Array, *, check_finite: bool = True, context: Array | None = None):
+        """``(lp, cache)`` with ``lp = log π(z): (N,)`` (``log π(z | c)`` for a conditional prior).
 
         ``check_finite=False`` lets non-finite latents through (their log-density is then
         ``−∞``/NaN): a flow model uses it, since an overflowing latent is a numerical outcome of
         the flow's parameters, reported by the loss, not a bad input.
         """
         self._check_call(params, z, check_finite)
-        lp, cache = self._log_prob(params, z)
+        if context is None and self.context_shape is None:
+            lp, cache = self._log_prob(params, z)
+        else:
+            lp, cache = self._log_prob(params, z, check_context(self.name, self.context_shape, context, z))
         return lp, Cache(self, z.shape, lp.shape, z.dtype, cache)
 
     def backward(self, params: dict, cache, glp: Array):
-        """VJP of ``log_prob``: ``(gz, gparams)`` given the cotangent ``glp: (N,)``."""
+        """VJP of ``log_prob``: ``(gz, gparams)`` given the cotangent ``glp: (N,)``
+        (``(gz, gparams, gcontext)`` for a conditional prior)."""
         value = open_cache(self, self.name, cache, None, "z", "log_prob")
         check_vector(self.name, glp, "log-prob cotangent", cache.z_shape[0], cache.dtype)
         self._check_params(params, cache.dtype)
@@ -113,11 +125,14 @@ class Prior(ABC):
         temperature: float = 1.0,
         like: Array | None = None,
         shape: Sequence[int] | None = None,
+        *,
+        context: Array | None = None,
     ) -> Array:
-        """``n`` draws ``z: (n, *event_shape)``.
+        """``n`` draws ``z: (n, *event_shape)`` (from ``π(z | c)``, one context row per draw, for a
+        conditional prior).
 
         ``shape`` gives the concrete event shape where ``event_shape`` has ``None`` entries. The draw
-        lands in ``like``'s namespace/dtype, else the parameters', else NumPy float64.
+        lands in ``like``'s namespace/dtype, else the parameters', else the context's, else NumPy float64.
         """
         n = check_count(self.name, n, "number of samples")
         temperature = check_positive_finite(self.name, temperature, "temperature")
@@ -126,12 +141,13 @@ class Prior(ABC):
             check_array(self.name, like, "like", None, finite=False)
         self._check_params(params, None if like is None else like.dtype)
         event = self._concrete_shape(shape)
+        ref = like if like is not None else next((a for _, a in _tree.leaves(params)), context)
+        if self.context_shape is not None or context is not None:
+            context = check_context(self.name, self.context_shape, context, ref, n=n)
         draw = self._draw(rng, (n,) + event, temperature)
-        ref = like if like is not None else next((a for _, a in _tree.leaves(params)), None)
-        if ref is None:
-            return self._finish(params, draw)
-        xp = namespace(ref)
-        return self._finish(params, xp.asarray(draw, dtype=ref.dtype))
+        if ref is not None:
+            draw = namespace(ref).asarray(draw, dtype=ref.dtype)
+        return self._finish(params, draw) if context is None else self._finish(params, draw, context)
 
     # ------------------------------------------------------------------ to implement
     def _init(self, rng, z):

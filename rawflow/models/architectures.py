@@ -6,6 +6,11 @@ no feature is only ever copied. Every coupling starts as the identity (zero last
 * :func:`realnvp`: affine couplings ``y_b = x_b ⊙ s(x_a) + t(x_a)`` (Dinh et al., 2017).
 * :func:`nice`: additive couplings ``y_b = x_b + t(x_a)`` followed by NICE's diagonal scaling
   ``z = y ⊙ exp(log_scale)`` (Dinh et al., 2015), the only layer that changes volume.
+
+``context=K`` makes either a conditional flow ``p(x | c)``, ``c: (N, K)``: every coupling's MLP
+also sees ``c`` (:mod:`rawflow.bijectors.conditional_coupling`). For images, :func:`glow` and
+:func:`class_conditional_glow` (openai/glow's ``--ycond``: the class enters the top prior, optionally
+the split priors, and a classifier head reads the top latent).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..bijectors.chain import Chain
+from ..bijectors.conditional_coupling import ConditionalAdditiveCoupling, ConditionalAffineCoupling
 from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
 from ..bijectors.scaling import DiagonalScaling
 
@@ -32,11 +38,15 @@ def realnvp(
     activation: str = "relu",
     *,
     reconstruct: bool = False,
+    context: int | None = None,
 ) -> Chain:
-    """``n_couplings`` affine couplings on ``(N, features)`` data, alternating the copied half."""
+    """``n_couplings`` affine couplings on ``(N, features)`` data, alternating the copied half;
+    conditional on ``c: (N, context)`` when ``context`` is given."""
     _check("realnvp", features, n_couplings)
+    kw = dict(scale=scale, hidden=tuple(hidden), activation=activation)
     layers = [
-        AffineCoupling(int(features), scale=scale, flip=bool(i % 2), hidden=tuple(hidden), activation=activation)
+        AffineCoupling(int(features), flip=bool(i % 2), **kw) if context is None
+        else ConditionalAffineCoupling(int(features), context, flip=bool(i % 2), **kw)
         for i in range(int(n_couplings))
     ]
     return Chain(layers, reconstruct=reconstruct)
@@ -49,11 +59,15 @@ def nice(
     activation: str = "relu",
     *,
     reconstruct: bool = False,
+    context: int | None = None,
 ) -> Chain:
-    """``n_couplings`` additive couplings, alternating the copied half, then a diagonal scaling."""
+    """``n_couplings`` additive couplings, alternating the copied half, then a diagonal scaling;
+    conditional on ``c: (N, context)`` when ``context`` is given."""
     _check("nice", features, n_couplings)
+    kw = dict(hidden=tuple(hidden), activation=activation)
     layers = [
-        AdditiveCoupling(int(features), flip=bool(i % 2), hidden=tuple(hidden), activation=activation)
+        AdditiveCoupling(int(features), flip=bool(i % 2), **kw) if context is None
+        else ConditionalAdditiveCoupling(int(features), context, flip=bool(i % 2), **kw)
         for i in range(int(n_couplings))
     ]
     return Chain([*layers, DiagonalScaling(int(features))], reconstruct=reconstruct)
@@ -98,6 +112,7 @@ def glow(
     learn_top: bool = True,
     reconstruct: bool = False,
     seed: int = 0,
+    split_context: int | None = None,
 ):
     """Glow (Kingma & Dhariwal, 2018): ``L`` levels of squeeze → ``K`` × [ActNorm → 1×1 mixing →
     coupling] → split, returning a :class:`~rawflow.bijectors.multiscale.MultiScale` onto a flat latent.
@@ -108,8 +123,11 @@ def glow(
     ``"shuffle"``. Each split scores the factored half under a Gaussian from the kept half (Glow's
     split prior); ``learn_top`` ends the last level with a zero-initialised ActNorm, i.e. a learned
     diagonal Gaussian top prior under a standard normal ``prior``. Use with ``StandardNormal((C·H·W,))``.
+    ``split_context=K`` conditions every split prior on ``c: (N, K)``
+    (:class:`~rawflow.bijectors.conditional_prior.ConditionalSplit`); the flow is then conditional.
     """
     from ..bijectors.actnorm import ActNorm
+    from ..bijectors.conditional_prior import ConditionalSplit
     from ..bijectors.image_coupling import ChannelCoupling
     from ..bijectors.multiscale import MultiScale
     from ..bijectors.split import Split
@@ -132,13 +150,55 @@ def glow(
                 ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow"),
             ]
         if level < L - 1:
-            layers.append(Split(c))
+            layers.append(Split(c) if split_context is None else ConditionalSplit(c, split_context))
             keep.append(c // 2)
             c //= 2
         elif learn_top:
             layers.append(ActNorm(c, spatial=2, data_init=False))
         levels.append(Chain(layers, reconstruct=reconstruct))
     return MultiScale(levels, keep, (int(image_shape[0]), h, w), reconstruct=reconstruct)
+
+
+def class_conditional_glow(
+    K: int,
+    L: int,
+    width: int,
+    image_shape=(1, 8, 8),
+    n_classes: int = 10,
+    *,
+    weight_y: float = 0.0,
+    learn_top: bool = True,
+    split_prior: bool = False,
+    coupling: str = "affine",
+    permutation: str = "lu",
+    scale: str = "sigmoid",
+    reconstruct: bool = False,
+    seed: int = 0,
+):
+    """openai/glow with ``--ycond`` (and ``--learntop``, ``--weight_y``): a class-conditional
+    :class:`~rawflow.models.model.FlowModel` of ``p(x | y)``, ``y`` an integer label in ``[0, n_classes)``.
+
+    The flow is :func:`glow` without the learned-top layer; its flat latent is scored by a
+    :class:`~rawflow.bijectors.conditional_prior.MultiScalePrior` whose top prior
+    (:class:`~rawflow.bijectors.conditional_prior.GlowTop`) has openai's mean and log-std
+    ``b ⊙ exp(3·logs)`` (``learn_top``) ``+ linear_zeros(one_hot(y))``. ``split_prior=True`` adds the
+    class term to every split prior too (the flow is then conditional). With ``weight_y > 0`` a
+    :class:`~rawflow.models.classifier.ClassifierHead` on the mean-pooled top latent adds openai's
+    cross-entropy term to the objective (openai's conditional examples use ``weight_y = 0.01``).
+    Every class term starts at zero: a fresh model is the unconditional Glow.
+    """
+    from ..bijectors.conditional_prior import GlowTop, MultiScalePrior
+    from .classifier import ClassifierHead
+    from .model import FlowModel
+
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"class_conditional_glow: n_classes must be an integer ≥ 2, got {n_classes!r}")
+    flow = glow(K, L, width, image_shape, coupling=coupling, permutation=permutation, scale=scale, learn_top=False,
+                reconstruct=reconstruct, seed=seed, split_context=n_classes if split_prior else None)
+    top_shape = flow.pieces[-1]
+    prior = MultiScalePrior(flow.size, top_shape, GlowTop(top_shape[0], context=n_classes, learn_top=learn_top))
+    head = ClassifierHead(flow.size, top_shape, n_classes) if weight_y > 0 else None
+    return FlowModel(flow, prior, classes=n_classes, classifier=head, weight_y=weight_y)
 
 
 def realnvp_multiscale(

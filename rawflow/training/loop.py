@@ -90,6 +90,7 @@ def train(
     loader: EpochLoader | None = None,
     batch_fn: Callable[[Array, np.random.Generator], Array] | None = None,
     comm: Communicator | None = None,
+    y: Array | None = None,
 ) -> tuple[dict, dict, np.ndarray]:
     """Minimise the mean NLL for ``steps`` optimiser steps; returns ``(params, opt_state, losses)``.
 
@@ -102,6 +103,11 @@ def train(
     a layer refuses (an LU factor that became singular or overflowed), stop the run with
     :class:`TrainingDiverged`, which holds the parameters from before the failing step.
 
+    ``y`` (a conditional model, :mod:`rawflow.models.model`): the labels ``(N,)`` or context rows
+    ``(N, K)`` of ``data``, row for row; each batch takes the same rows of both, and the loss is the
+    model's objective ``nll_and_grad(params, x, y)`` (with a classifier head, its weighted
+    cross-entropy included).
+
     ``comm`` (a :class:`~rawflow.distributed.comm.Communicator` of ``P > 1`` ranks) trains data
     parallel: call ``train`` on every rank with the same arguments (``params`` identical, e.g.
     initialised from the same batch and generator); ``batch_size`` is the global batch and must be
@@ -111,6 +117,7 @@ def train(
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
     _check_data("train", data)
+    _check_y("train", y, data)
     check_rng("train", rng)
     n = data.shape[0]
     if loader is None:
@@ -131,16 +138,20 @@ def train(
     plain = isinstance(model, FlowModel) and type(model).nll_and_grad is FlowModel.nll_and_grad
     try:
         for t in range(steps):
-            rows = data[xp.asarray(loader.next(rng))]
+            index = loader.next(rng)
+            rows = data[xp.asarray(index)]
             batch = rows if batch_fn is None else batch_fn(rows, rng)
+            batch_y = None if y is None else y[namespace(y).asarray(index)]
             try:
+                # y only when there is one: a model without labels keeps the two-argument protocol
+                labels = () if batch_y is None else (batch_y,)
                 if dp is not None:
-                    loss, grads = dp.nll_and_grad(model, params, batch)
+                    loss, grads = dp.nll_and_grad(model, params, batch, *labels)
                 elif t == 0 or not plain:
-                    loss, grads = model.nll_and_grad(params, batch)
-                else:  # params come from the checked first step through the optimiser: check the batch only
+                    loss, grads = model.nll_and_grad(params, batch, *labels)
+                else:  # params come from the checked first step through the optimiser: check the batch (and y) only
                     model._check_batch(batch, "nll_and_grad")
-                    loss, grads = model._nll_and_grad(params, batch)
+                    loss, grads = model._nll_and_grad(params, batch, model._context(batch_y, batch, "nll_and_grad"))
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 # Parameters an update produced that a layer refuses (an LU factor whose exp(log|s|)
                 # overflowed or vanished, a non-finite leaf): the run diverged. The parameters the
@@ -193,14 +204,16 @@ def _progress(total: int):
 
 
 def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 4096,
-                 comm: Communicator | None = None) -> float:
+                 comm: Communicator | None = None, y: Array | None = None) -> float:
     """Mean NLL (nats per sample) over ``data``, in batches; an empty ``data`` raises ``ValueError``.
+    A conditional model takes ``y``, the labels or context rows of ``data`` (``−mean log p(x | y)``).
 
     With ``comm`` each rank evaluates a contiguous share of the rows and the sums of ``log p`` are
     added in rank order (:func:`~rawflow.distributed.parallel.global_sum`); every rank returns the
     same value, equal to the single-process one to round-off.
     """
     _check_data("evaluate_nll", data)
+    _check_y("evaluate_nll", y, data)
     check_count("evaluate_nll", batch_size, "batch_size")
     if batch_size == 0:
         raise ValueError("evaluate_nll: batch_size must be positive, got 0")
@@ -208,7 +221,9 @@ def evaluate_nll(model: FlowModel, params: dict, data: Array, batch_size: int = 
     lo, hi = (0, n) if comm is None else shard_bounds(comm, n)
     total = 0.0
     for start in range(lo, hi, batch_size):
-        total += float(model.log_prob(params, data[start:min(start + batch_size, hi)]).sum())
+        end = min(start + batch_size, hi)
+        labels = () if y is None else (y[start:end],)  # as in train: no labels, two arguments
+        total += float(model.log_prob(params, data[start:end], *labels).sum())
     return -global_sum(comm, total, "the held-out log-likelihood sum") / n
 
 
@@ -221,6 +236,19 @@ def _check_data(name: str, data) -> None:
         raise ValueError(f"{name}: data {problem}")
     if data.ndim < 1 or data.shape[0] == 0:
         raise ValueError(f"{name}: data is empty (shape {tuple(data.shape)}): the mean NLL of no samples is undefined")
+
+
+def _check_y(name: str, y, data) -> None:
+    """``y`` (labels or context rows, ``None`` for an unconditional model) has one row per data row;
+    the model checks its values batch by batch."""
+    if y is None:
+        return
+    problem = array_problem(y)
+    if problem:
+        raise ValueError(f"{name}: y {problem}")
+    if y.ndim not in (1, 2) or y.shape[0] != data.shape[0]:
+        raise ValueError(f"{name}: y must hold one label or context row per data row ({data.shape[0]}), "
+                         f"got shape {tuple(y.shape)}")
 
 
 def gaussian_baseline_nll(train_data, test_data) -> float:

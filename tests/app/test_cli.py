@@ -40,19 +40,24 @@ def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seed"] == 3 and metrics["quick"] is True
-    eg, dg = metrics["eight_gaussians"], metrics["digits"]
+    eg, dg, yc = metrics["eight_gaussians"], metrics["digits"], metrics["digits_ycond"]
     for key in ("test_nll", "test_true_nll", "test_gaussian_nll", "nll_minus_true_nll", "train_time_s"):
         assert math.isfinite(eg[key]), key
     for key in ("test_bits_per_dim", "test_baseline_bits_per_dim", "baseline_minus_bits_per_dim"):
         assert math.isfinite(dg[key]), key
+    # the class-conditional Glow beside the unconditional one, on the same held-out digits
+    for key in ("test_bits_per_dim", "test_marginal_bits_per_dim", "test_bayes_accuracy", "test_classifier_accuracy"):
+        assert math.isfinite(yc[key]), key
+    assert yc["unconditional_bits_per_dim"] == dg["test_bits_per_dim"] and yc["test_n"] == dg["test_n"]
     assert eg["nll_minus_true_nll"] == pytest.approx(eg["test_nll"] - eg["test_true_nll"])
     claims = metrics["claims"]
     assert set(claims) == {"eight_gaussians_within_0.05_nats_of_true_nll", "glow_beats_independent_pixel_baseline"}
     assert all(isinstance(c["holds"], bool) for c in claims.values())
     for name in ("eight_gaussians_density.png", "digits_samples.png", "digits_interpolation.png",
-                 "eight_gaussians/loss.png", "digits/loss.png"):
+                 "digits_ycond_samples.png", "digits_translation.png", "eight_gaussians/loss.png", "digits/loss.png"):
         assert_png(out / name)
-    for run in ("eight_gaussians", "digits"):
+    assert "class-conditional Glow" in proc.stdout and "argmax_y p(x | y)" in proc.stdout
+    for run in ("eight_gaussians", "digits", "digits_ycond"):
         assert {"config.json", "checkpoint.safetensors", "metrics.json"} <= set(os.listdir(out / run))
     # The demo's runs are ordinary run folders.
     assert main(["sample", "--run", str(out / "digits"), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
@@ -67,7 +72,7 @@ def test_console_script_if_installed(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("rawflow ")
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "sample", "interpolate", "eval"])
+@pytest.mark.parametrize("command", ["demo", "train", "sample", "interpolate", "translate", "eval"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -81,7 +86,8 @@ def test_top_level_help_lists_every_command(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "train", "sample", "interpolate", "eval", "check", "vectors", "verify", "bench"):
+    for command in ("demo", "train", "sample", "interpolate", "translate", "eval", "check", "vectors", "verify",
+                    "bench"):
         assert command in out
 
 
