@@ -101,6 +101,26 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a decay in (0, 1) such as 0.999, got {text!r}")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a decay in (0, 1) such as 0.999, got {text}")
+    return value
+
+
+def _n_bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits from 1 to 16, got {text!r}")
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"expected a number of bits from 1 to 16, got {value}")
+    return value
+
+
 def _hidden(text: str) -> list[int]:
     try:
         sizes = [int(v) for v in text.split(",")]
@@ -185,6 +205,10 @@ def _add_train(commands) -> None:
     g.add_argument("--permutation", choices=("lu", "dense", "reverse", "shuffle"), help="glow: channel mixing")
     g.add_argument("--no-learn-top", dest="learn_top", action="store_const", const=False,
                    help="glow: no learned top prior")
+    g.add_argument("--variant", choices=("rawflow", "openai"),
+                   help="glow: rawflow's layers (default) or openai/glow's own definitions (ActNorm exp(3·logs), "
+                   "(x + shift)·sigmoid(h + 2) couplings, edge padding, dense 1×1 conv with a float64 log-det; "
+                   "docs/glow-variants.md)")
     g.add_argument("--blocks", type=_positive_int, metavar="B", help="realnvp (images): residual blocks")
     g.add_argument("--ycond", action="store_const", const=True,
                    help="class-conditional p(x | y) (openai/glow's --ycond): labels from the digits or 'y' in a .npz "
@@ -199,6 +223,10 @@ def _add_train(commands) -> None:
     g.add_argument("--preprocess", choices=("center", "logit"),
                    help="images: x − ½ (glow, nice default) or a logit layer (realnvp default)")
     g.add_argument("--logit-alpha", type=float, metavar="A", help="images: logit's α (default 0.05)")
+    g.add_argument("--n-bits", type=_n_bits, metavar="N",
+                   help="images: model N-bit data (openai/glow's --n_bits_x; 8-bit pixels v → ⌊v/2^(8−N)⌋; the "
+                   "17-level digits allow N ≤ 4); bits/dim then use n_bins = 2^N and are not comparable with "
+                   "the full data's (default: every level)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("adam", "adamax", "sgd"), help="default adam")
     g.add_argument("--lr", type=_positive_float, metavar="LR", help="learning rate (adam 1e-3, adamax 2e-3, sgd 1e-2)")
@@ -208,6 +236,10 @@ def _add_train(commands) -> None:
     g.add_argument("--batch-size", type=_positive_int, metavar="B", help="default 128")
     g.add_argument("--steps", type=_positive_int, metavar="N", help="optimiser steps (default 2000)")
     g.add_argument("--clip", type=_positive_float, metavar="NORM", help="clip the global gradient norm")
+    g.add_argument("--ema", type=_decay, metavar="DECAY",
+                   help="Polyak averaging: keep θ̄ ← θ̄ − (1 − DECAY)(θ̄ − θ) after every step, checkpointed; validation, "
+                   "the best parameters and the test metrics then use θ̄ (openai/glow: DECAY = 1 − 1/steps per "
+                   "epoch). Default: off")
     g = p.add_argument_group("run")
     g.add_argument("--backend", choices=("reference", "numba", "auto"), help="coupling kernels (default reference)")
     g.add_argument("--device", choices=("cpu", "gpu"), help="gpu: CuPy arrays (default cpu)")
@@ -243,6 +275,7 @@ def _add_sample(commands) -> None:
     p.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
                    help="prior temperature (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default: %(default)s")
+    _params_option(p)
     p.add_argument("--class", dest="label", type=_nonneg_int, metavar="K",
                    help="class-conditional run (--ycond): samples of class K; without it, one row per class "
                    "(ceil(N / classes) samples each)")
@@ -262,6 +295,7 @@ def _add_interpolate(commands) -> None:
                    help="pairs (0,1), (2,3), … of the test split (default: %(default)s)")
     p.add_argument("--index", type=_nonneg_int, nargs=2, metavar=("I", "J"),
                    help="interpolate between test inputs I and J instead")
+    _params_option(p)
     p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/interpolation.png)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
     _common(p)
@@ -298,8 +332,16 @@ def _add_eval(commands) -> None:
     p.add_argument("--data-key", metavar="KEY", help="array name inside a .npz with several arrays")
     p.add_argument("--n", type=_positive_int, metavar="N", help="--data NAME (2-D): points drawn (default 5000)")
     p.add_argument("--seed", type=_seed, default=12345, metavar="S", help="--data: seed for drawing/dequantising")
+    _params_option(p)
     _common(p)
     p.set_defaults(handler=run_eval)
+
+
+def _params_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", choices=("best", "ema", "raw"), default="best",
+                   help="best (default): the parameters the run selected (best validation, else the latest; for a "
+                   "run trained with --ema these are the averaged ones); ema: the latest moving average; raw: the "
+                   "optimiser's latest parameters")
 
 
 DELEGATED_HELP = {
@@ -408,9 +450,15 @@ def _class_summary(metrics: dict) -> str:
 def _summary(metrics: dict) -> str:
     if "test_bits_per_dim" in metrics:
         given = " given the labels" if "test_bayes_accuracy" in metrics else ""
-        return (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim{given} (NLL "
+        text = (f"held-out test: {_number(metrics['test_bits_per_dim'])} bits/dim{given} (NLL "
                 f"{_number(metrics['test_nll'])} nats){_class_summary(metrics)}; independent-pixel baseline "
                 f"{_number(metrics['test_baseline_bits_per_dim'])} bits/dim")
+        if metrics.get("evaluated") == "ema":
+            text += (f"; averaged parameters (EMA {metrics['ema']:g}), the raw ones "
+                     f"{_number(metrics.get('raw_test_bits_per_dim'))} bits/dim")
+        if metrics.get("test_bits_per_dim_note"):
+            text += f"\nnote: {metrics['test_bits_per_dim_note']}"
+        return text
     if "test_nll" in metrics:
         text = f"held-out test NLL {_number(metrics['test_nll'])} nats; full-covariance Gaussian "
         text += (_number(metrics["test_gaussian_nll"]) if metrics.get("test_gaussian_nll") is not None
@@ -424,10 +472,10 @@ def _summary(metrics: dict) -> str:
 # --------------------------------------------------------------------------------------- train
 OPTION_KEYS = ("data_key", "n_samples", "val_fraction", "test_fraction", "preprocess", "logit_alpha", "optimizer",
                "lr", "momentum", "schedule", "warmup", "batch_size", "steps", "clip", "backend", "device", "dtype",
-               "seed", "eval_every", "patience", "checkpoint_every", "ycond", "context", "weight_y")
+               "seed", "eval_every", "patience", "checkpoint_every", "n_bits", "ema", "ycond", "context", "weight_y")
 ARCH_OPTIONS = {"couplings": "n_couplings", "hidden": "hidden", "scale": "scale", "activation": "activation",
                 "K": "K", "L": "L", "width": "width", "coupling": "coupling", "permutation": "permutation",
-                "learn_top": "learn_top", "blocks": "blocks", "ycond_splits": "split_prior"}
+                "learn_top": "learn_top", "blocks": "blocks", "variant": "variant", "ycond_splits": "split_prior"}
 
 
 def _train_options(args) -> dict:
@@ -565,7 +613,9 @@ def run_train(args: argparse.Namespace) -> int:
             if lead and not args.quiet:
                 arch = ", ".join(f"{k}={v}" for k, v in cfg["arch"].items())
                 ranks = f", {comm.size} processes (batch {cfg['batch_size'] // comm.size} each)" if comm.size > 1 else ""
-                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}, "
+                extra = (f", {cfg['n_bits']}-bit data" if cfg.get("n_bits") is not None else "") + (
+                    f", EMA {cfg['ema']:g}" if cfg.get("ema") is not None else "")
+                print(f"rawflow train: {cfg['model']} ({arch}) on {cfg['data']} {tuple(cfg['event_shape'])}{extra}, "
                       f"splits {cfg['split_sizes']}, {cfg['steps']} steps, {cfg['optimizer']} lr {cfg['lr']}, "
                       f"{cfg['dtype']} on {cfg['device']}, seed {cfg['seed']}{ranks} → {args.out}")
             with _blas_threads(args.threads):
@@ -621,13 +671,13 @@ def _run_config(command: str, run_dir: str):
         return EXIT_USAGE
 
 
-def _load_run(command: str, run_dir: str):
+def _load_run(command: str, run_dir: str, which: str = "best"):
     """``(params, model, cfg, step)``, or an exit code after printing why the run cannot be used."""
     from ..training.checkpoint import CheckpointError
     from .runs import RunError, load_params
 
     try:
-        return load_params(run_dir)
+        return load_params(run_dir, which=which)
     except CheckpointError as exc:
         _err(command, str(exc))
         return EXIT_FAILED
@@ -720,7 +770,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if _size_error("sample", sizes.check_sample_sizes, _sample_count(cfg, args), cfg, ext == ".png"):
         return EXIT_USAGE
     with _blas_threads(args.threads):
-        loaded = _load_run("sample", args.run)
+        loaded = _load_run("sample", args.run, args.params)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
@@ -791,7 +841,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if _size_error("interpolate", sizes.check_interpolation_sizes, args.steps, pairs, cfg, ext == ".png"):
         return EXIT_USAGE
     with _blas_threads(args.threads):
-        loaded = _load_run("interpolate", args.run)
+        loaded = _load_run("interpolate", args.run, args.params)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
@@ -917,7 +967,7 @@ def run_eval(args: argparse.Namespace) -> int:
         _warn("eval", "--n sets the points drawn for --data NAME (a 2-D density); "
                       + ("without --data it is ignored" if args.data is None else f"--data {args.data} ignores it"))
     with _blas_threads(args.threads):
-        loaded = _load_run("eval", args.run)
+        loaded = _load_run("eval", args.run, args.params)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
@@ -939,7 +989,7 @@ def run_eval(args: argparse.Namespace) -> int:
         eval_cfg = dict(cfg, seed=args.seed) if args.data is not None else cfg
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             metrics = held_out_metrics(eval_cfg, model, params, data, split, xp, prefix="")
-    report = {"run": args.run, "step": step, "data": args.data or cfg["data"],
+    report = {"run": args.run, "step": step, "params": args.params, "data": args.data or cfg["data"],
               "split": split if args.data is None else "all", **metrics}
     print(files.json_text(report), end="")
     return EXIT_OK
@@ -973,9 +1023,14 @@ def _other_data(cfg: dict, args, run_data):
     if x.ndim < 1 or tuple(x.shape[1:]) != shape:
         raise RunError(f"--data {name}: examples of shape {tuple(x.shape[1:])}, the run models {shape}")
     if cfg["kind"] == "image":
-        if x.size and (x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= cfg["n_bins"]):
-            raise RunError(f"--data {name}: need integer pixels in [0, {cfg['n_bins'] - 1}]")
+        levels = cfg.get("data_n_bins") or cfg["n_bins"]  # n-bit runs: pixels at the data's own resolution
+        if x.size and (x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= levels):
+            raise RunError(f"--data {name}: need integer pixels in [0, {levels - 1}]")
         x = x.astype(np.int64)
+        if cfg.get("n_bits") is not None:
+            from ..data.images import reduce_bits
+
+            x = reduce_bits(x, cfg["n_bits"], levels)[0]
     else:
         if x.dtype.kind not in "fiu":
             raise RunError(f"--data {name}: need real numbers, got dtype {x.dtype}")
@@ -985,7 +1040,7 @@ def _other_data(cfg: dict, args, run_data):
                            f"(first at row {int(np.flatnonzero(bad)[0])})")
         x = x.astype(np.float64)
     empty = x[:0]
-    return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"],
+    return Data(name, cfg["kind"], run_data.train, empty, x, shape, cfg["n_bins"], run_data.data_n_bins,
                 train_y=run_data.train_y, val_y=None if y is None else y[:0], test_y=y)
 
 

@@ -33,7 +33,16 @@ Data: 2-D densities by name (:data:`rawflow.data.datasets.DATASETS`), ``"digits"
 dequantised ``(v + u)/n_bins`` with fresh noise for every training batch and fixed noise for
 validation/test). Image inputs are centred (``x − ½``, volume-preserving) or passed through a
 :class:`~rawflow.bijectors.logit.Logit` layer that is part of the model, so NLLs and bits/dim always refer
-to the dequantised data.
+to the dequantised data. ``n_bits`` reduces images to ``n``-bit data first
+(:func:`~rawflow.data.images.reduce_bits`; the config keeps the data's own levels as
+``data_n_bins``); bits/dim then use ``n_bins = 2ⁿ`` and every report says they are not comparable
+with the full data's.
+
+Polyak averaging (``ema``: a decay in (0, 1)): the optimiser is wrapped in
+:class:`~rawflow.training.ema.EMA`, so the average lives in the optimiser state, is checkpointed
+with it and resumes bit for bit. A run with an average validates, selects its best parameters and
+reports its test metrics with the averaged parameters (:func:`eval_params`; ``raw_test_*`` are the
+latest raw parameters' figures beside them); ``load_params(..., which=)`` picks either.
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ ARCH_DEFAULTS = {
     ("realnvp", "vector"): {"n_couplings": 8, "hidden": [64, 64], "scale": "exp", "activation": "relu"},
     ("nice", "vector"): {"n_couplings": 4, "hidden": [64, 64], "activation": "relu"},
     ("glow", "image"): {"K": 4, "L": 2, "width": 32, "coupling": "affine", "permutation": "lu",
-                        "scale": "sigmoid", "learn_top": True, "split_prior": False},
+                        "scale": "sigmoid", "learn_top": True, "variant": "rawflow", "split_prior": False},
     ("realnvp", "image"): {"L": 2, "width": 32, "blocks": 2, "scale": "exp"},
     ("nice", "image"): {"n_couplings": 4, "hidden": [256, 256]},
 }
@@ -104,6 +113,8 @@ DEFAULTS: dict[str, Any] = {
     "patience": None,          # early stopping after this many evaluations without improvement
     "checkpoint_every": None,  # default: eval_every
     "init_batch": 512,         # rows for data-dependent initialisation (ActNorm)
+    "n_bits": None,            # images: model n-bit data (openai/glow's --n_bits_x); None: every level
+    "ema": None,               # Polyak averaging: the decay of the parameters' moving average; None: off
     "ycond": False,            # class-conditional: labels from the data (digits; 'y' in a .npz)
     "context": False,          # conditional on a float context ('c' in a .npz; vector models)
     "weight_y": None,          # class-conditional Glow: classifier cross-entropy weight (default 0.01)
@@ -145,6 +156,7 @@ class Data:
     test: np.ndarray
     event_shape: tuple
     n_bins: int | None = None
+    data_n_bins: int | None = None   # the data's own levels (differs from n_bins for n-bit data)
     #: conditional runs: the labels (int64, ``(N,)``) or context rows (``(N, K)``) of each split
     train_y: np.ndarray | None = None
     val_y: np.ndarray | None = None
@@ -179,6 +191,21 @@ def _split_size(n: int, fraction: float) -> int:
 def read_array(path: str, key: str | None) -> np.ndarray:
     """The array in a ``.npy`` file, or the one named ``key`` (or the only one) in a ``.npz``; no pickle."""
     return arrayfile.read_array(path, key, owner="data", key_option="--data-key", error=RunError)
+
+
+def _images(cfg: dict, name: str, images: np.ndarray, n_bins: int) -> Data:
+    """Image data, reduced to ``cfg["n_bits"]`` bits when asked (:func:`~rawflow.data.images.reduce_bits`)."""
+    from ..data.images import reduce_bits
+
+    n_bits, levels = cfg.get("n_bits"), n_bins
+    if n_bits is not None:
+        if 2 ** int(n_bits) > n_bins:
+            what = "the digits have" if name == "digits" else f"{name} has"
+            raise RunError(f"n_bits {n_bits}: {what} {n_bins} grey levels, fewer than 2^{n_bits} = {2 ** int(n_bits)} "
+                           f"(n-bit data keep at most the data's levels: use n_bits ≤ {int(math.log2(n_bins))})")
+        images, levels = reduce_bits(images, n_bits, n_bins)
+    return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=levels,
+                data_n_bins=n_bins)
 
 
 def conditioning(cfg: dict) -> str | None:
@@ -228,6 +255,8 @@ def _load_y(cfg: dict, kind: str, n: int) -> np.ndarray:
 
 def _load_x(cfg: dict) -> Data:
     name = cfg["data"]
+    if cfg.get("n_bits") is not None and name in DATASETS:
+        raise RunError(f"n_bits applies to image data; {name} is a 2-D density")
     if name in DATASETS:
         x = make_2d(name, cfg["n_samples"], np.random.default_rng([cfg["seed"], SEED_DATA]))
         return Data(name, "vector", *_split(x, cfg), event_shape=(2,))
@@ -235,7 +264,7 @@ def _load_x(cfg: dict) -> Data:
         from ..data.images import digits
 
         images, n_bins = digits()
-        return Data(name, "image", *_split(images, cfg), event_shape=tuple(images.shape[1:]), n_bins=n_bins)
+        return _images(cfg, name, images, n_bins)
     if not name.endswith((".npy", ".npz")):
         raise RunError(f"data: {name!r} is neither a dataset ({', '.join(sorted(DATASETS))}, digits) "
                        "nor a .npy/.npz file")
@@ -247,7 +276,9 @@ def _load_x(cfg: dict) -> Data:
         if x.size == 0 or x.min() < 0:
             raise RunError(f"data: {name}: pixel values must be non-negative integers")
         n_bins = 2 ** max(1, math.ceil(math.log2(int(x.max()) + 1)))
-        return Data(name, "image", *_split(x.astype(np.int64), cfg), event_shape=tuple(x.shape[1:]), n_bins=n_bins)
+        return _images(cfg, name, x.astype(np.int64), n_bins)
+    if cfg.get("n_bits") is not None:
+        raise RunError(f"n_bits applies to image data (integer pixels); {name} holds {x.dtype} {x.shape}")
     if x.dtype.kind == "f" and x.ndim == 2:
         if x.shape[1] < 2:
             raise RunError(f"data: {name}: vectors need at least 2 features, got shape {x.shape}")
@@ -416,7 +447,8 @@ def _build_model(cfg: dict) -> FlowModel:
         return FlowModel(flow, built.prior, classes=classes, classifier=built.classifier, weight_y=built.weight_y)
     if model == "glow":
         flow = _build(arch.glow, backend, a["K"], a["L"], a["width"], shape, coupling=a["coupling"],
-                      permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"])
+                      permutation=a["permutation"], scale=a["scale"], learn_top=a["learn_top"],
+                      variant=a.get("variant", "rawflow"))
     elif model == "realnvp":
         flow = _build(arch.realnvp_multiscale, backend, a["L"], a["width"], shape, blocks=a["blocks"],
                       scale=a["scale"])
@@ -441,10 +473,21 @@ def make_optimizer(cfg: dict):
         return lr0 * factor
 
     if cfg["optimizer"] == "adam":
-        return Adam(lr)
-    if cfg["optimizer"] == "adamax":
-        return Adamax(lr)
-    return SGD(lr, momentum=cfg["momentum"])
+        opt = Adam(lr)
+    elif cfg["optimizer"] == "adamax":
+        opt = Adamax(lr)
+    else:
+        opt = SGD(lr, momentum=cfg["momentum"])
+    if cfg.get("ema") is not None:  # runs written before Polyak averaging have no "ema" key
+        from ..training.ema import EMA
+
+        return EMA(opt, cfg["ema"])
+    return opt
+
+
+def eval_params(cfg: dict, st: "TrainState") -> dict:
+    """The parameters a run validates and reports with: the moving average when it keeps one."""
+    return st.opt_state["ema"] if cfg.get("ema") is not None else st.params
 
 
 # -------------------------------------------------------------------------------------- config
@@ -481,6 +524,11 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(f"lr must be positive and finite, got {cfg['lr']}")
     if cfg["clip"] is not None and not (cfg["clip"] > 0 and math.isfinite(cfg["clip"])):
         raise RunError(f"clip must be positive and finite, got {cfg['clip']}")
+    if cfg["ema"] is not None and not (isinstance(cfg["ema"], (int, float)) and 0 < cfg["ema"] < 1):
+        raise RunError(f"ema (the moving average's decay) must lie in (0, 1), got {cfg['ema']!r}")
+    if cfg["n_bits"] is not None and not (isinstance(cfg["n_bits"], int) and not isinstance(cfg["n_bits"], bool)
+                                          and cfg["n_bits"] >= 1):
+        raise RunError(f"n_bits must be a positive integer, got {cfg['n_bits']!r}")
     if not 0 <= cfg["momentum"] < 1:
         raise RunError(f"momentum must lie in [0, 1), got {cfg['momentum']}")
     if cfg["eval_every"] is None:
@@ -498,6 +546,8 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError("--ycond (class labels) and --context (float context rows) exclude each other")
     data = load_data(cfg)
     cfg["kind"], cfg["event_shape"], cfg["n_bins"] = data.kind, list(data.event_shape), data.n_bins
+    if cfg["n_bits"] is not None:
+        cfg["data_n_bins"] = data.data_n_bins
     _conditioning_config(cfg, data)
     cfg["split_sizes"] = [len(data.train), len(data.val), len(data.test)]
     if name.endswith((".npy", ".npz")):
@@ -511,6 +561,16 @@ def make_config(options: dict, flags: dict[str, str] | None = None) -> dict:
         raise RunError(f"{', '.join(flags.get(k, k) for k in sorted(unknown))} do(es) not apply to {cfg['model']} "
                        f"on {data.kind} data (it takes {', '.join(flags.get(k, k) for k in sorted(arch))})")
     arch.update(options.get("arch") or {})
+    if arch.get("variant") == "openai":
+        if "permutation" not in (options.get("arch") or {}):
+            arch["permutation"] = "dense"  # the reference's invertible 1×1 convolution
+        if cfg["backend"] == "numba":
+            raise RunError("backend numba: the openai variant's layers have no fused kernels; use --backend reference")
+        if cfg["ycond"]:
+            # class_conditional_glow is built from rawflow's layers; mixing in openai's would be a
+            # third model nobody has run, so the combination is refused rather than half-honoured
+            raise RunError("--variant openai with --ycond: the class-conditional Glow is built from rawflow's "
+                           "layers (its GlowTop prior is openai's --ycond top); use --variant rawflow")
     cfg["arch"] = arch
     if arch.get("split_prior") and not cfg["ycond"]:
         raise RunError(f"{flags.get('split_prior', 'split_prior')} conditions the split priors on the class: it needs --ycond")
@@ -676,10 +736,24 @@ def reference_params(cfg: dict, model: FlowModel, xp=np) -> dict:
     return model.init(np.random.default_rng(0), xp.asarray(x), y)
 
 
-def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
-    """``(params, model, cfg, step)`` of a run: the best-validation parameters and their step when
-    the run validates, else the latest."""
+#: which parameters of a run :func:`load_params` returns (``sample``/``interpolate``/``eval --params``)
+PARAM_CHOICES = ("best", "ema", "raw")
+
+
+def load_params(run_dir: str, xp=None, which: str = "best") -> tuple[dict, FlowModel, dict, int]:
+    """``(params, model, cfg, step)`` of a run.
+
+    ``which``: ``"best"`` (default) the parameters the run selected — best validation, else the
+    latest; in a run with Polyak averaging both are averaged parameters (:func:`eval_params`);
+    ``"ema"`` the latest moving average (a run trained with ``ema`` only); ``"raw"`` the optimiser's
+    latest parameters.
+    """
+    if which not in PARAM_CHOICES:
+        raise RunError(f"params must be one of {', '.join(PARAM_CHOICES)}, got {which!r}")
     cfg = read_config(run_dir)
+    if which == "ema" and cfg.get("ema") is None:
+        raise RunError(f"{run_dir}: the run keeps no moving average of its parameters (trained without --ema); "
+                       "use --params best or raw")
     xp = device_namespace(cfg["device"]) if xp is None else xp
     model = build_model(cfg)
     path = checkpoint_path(run_dir)
@@ -687,10 +761,18 @@ def load_params(run_dir: str, xp=None) -> tuple[dict, FlowModel, dict, int]:
     meta = ck["config"]
     if not isinstance(meta, dict) or not isinstance(meta.get("run"), dict) or _same_run(meta["run"], cfg):
         raise CheckpointError(f"checkpoint {path}: does not belong to the run described by {CONFIG}")
-    section = "best" if "best" in ck else "params"
-    if section not in ck:
-        raise CheckpointError(f"checkpoint {path}: holds no parameters")
-    params = _checked(path, section, ck[section], reference_params(cfg, model, xp), xp)
+    averaged = which == "ema" or (which == "best" and "best" not in ck and cfg.get("ema") is not None)
+    section = "best" if which == "best" and "best" in ck else "params"
+    if averaged:
+        tree_ = ck.get("optimizer", {}).get("ema") if isinstance(ck.get("optimizer"), dict) else None
+        if tree_ is None:
+            raise CheckpointError(f"checkpoint {path}: holds no moving average although the run keeps one")
+        section, found = "optimizer/ema", tree_
+    else:
+        if section not in ck:
+            raise CheckpointError(f"checkpoint {path}: holds no parameters")
+        found = ck[section]
+    params = _checked(path, section, found, reference_params(cfg, model, xp), xp)
     step = meta.get("best_step") if section == "best" else ck["step"]
     return params, model, cfg, int(step if isinstance(step, int) and not isinstance(step, bool) else ck["step"])
 
@@ -742,7 +824,9 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
     Keys are prefixed with ``prefix`` (default ``"<split>_"``): ``nll``, ``n``; images add
     ``bits_per_dim`` and ``baseline_bits_per_dim`` (independent pixels fitted to the training split);
     vectors add ``gaussian_nll`` (full-covariance Gaussian fitted to the training split) and, for
-    8 Gaussians, ``true_nll`` (the closed-form density on the same points). With ``comm`` the NLL
+    8 Gaussians, ``true_nll`` (the closed-form density on the same points). Images also give the
+    ``n_bins`` the bits/dim use, and for ``n``-bit data ``n_bits`` and ``bits_per_dim_note`` (not
+    comparable with the full data's figures). With ``comm`` the NLL
     is evaluated in shares across the ranks (:func:`rawflow.training.loop.evaluate_nll`).
     """
     rows = getattr(data, split)
@@ -757,10 +841,16 @@ def held_out_metrics(cfg: dict, model: FlowModel, params: dict, data: Data, spli
     if data.kind == "image":
         from ..data.images import bits_per_dim, independent_pixel_baseline
 
+        from ..data.images import n_bits_note
+
         out[f"{p}bits_per_dim"] = bits_per_dim(nll, data.dims, data.n_bins)
         if f"{p}marginal_nll" in out:
             out[f"{p}marginal_bits_per_dim"] = bits_per_dim(out[f"{p}marginal_nll"], data.dims, data.n_bins)
         out[f"{p}baseline_bits_per_dim"] = independent_pixel_baseline(data.train, rows, data.n_bins)
+        out[f"{p}n_bins"] = int(data.n_bins)
+        if cfg.get("n_bits") is not None:
+            out[f"{p}n_bits"] = int(cfg["n_bits"])
+            out[f"{p}bits_per_dim_note"] = n_bits_note(cfg["n_bits"], data.data_n_bins or cfg.get("data_n_bins"))
     else:
         value, why = gaussian_baseline(data.train, rows)
         out[f"{p}gaussian_nll"] = value
@@ -911,9 +1001,10 @@ def run_training(
     elapsed = time.perf_counter() - start
     if st.stopped and not quiet:
         log(st.stopped)
-    final = st.best if st.best is not None else st.params
+    final = st.best if st.best is not None else eval_params(cfg, st)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         held_out = held_out_metrics(cfg, model, final, data, "test", xp, comm=comm)
+        held_out.update(_raw_metrics(cfg, model, st, data, xp, comm))
     metrics = {
         "model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
         "best_step": st.best_step if st.best is not None else st.step,
@@ -948,9 +1039,10 @@ def _finished(cfg: dict, st: TrainState, out: str) -> dict:
 
 def _final_metrics_only(cfg: dict, st: TrainState, out: str) -> dict:
     data, model, xp = load_run_data(cfg), build_model(cfg), device_namespace(cfg["device"])
-    final = st.best if st.best is not None else st.params
+    final = st.best if st.best is not None else eval_params(cfg, st)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         held_out = held_out_metrics(cfg, model, final, data, "test", xp)
+        held_out.update(_raw_metrics(cfg, model, st, data, xp))
     metrics = {"model": cfg["model"], "data": cfg["data"], "steps": st.step, "seed": cfg["seed"],
                "best_step": st.best_step if st.best is not None else st.step, "stopped": st.stopped,
                "final_batch_loss": st.losses[-1] if st.losses else None, "best_val_nll": st.best_val, **held_out,
@@ -958,6 +1050,16 @@ def _final_metrics_only(cfg: dict, st: TrainState, out: str) -> dict:
     write_json(os.path.join(out, METRICS), metrics)
     _plot_losses(cfg, data, out, st)
     return metrics
+
+
+def _raw_metrics(cfg: dict, model: FlowModel, st: TrainState, data: Data, xp, comm=None) -> dict:
+    """A run with a moving average: what it reports (``ema``, ``evaluated``) and the test figures of
+    the latest raw parameters beside the averaged ones (``raw_test_*``); nothing otherwise."""
+    if cfg.get("ema") is None:
+        return {}
+    raw = held_out_metrics(cfg, model, st.params, data, "test", xp, prefix="raw_test_", comm=comm)
+    keep = ("raw_test_nll", "raw_test_bits_per_dim")
+    return {"ema": cfg["ema"], "evaluated": "ema", **{k: raw[k] for k in keep if k in raw}}
 
 
 def _plot_losses(cfg: dict, data: Data, out: str, st: TrainState) -> None:
@@ -972,7 +1074,8 @@ def _plot_losses(cfg: dict, data: Data, out: str, st: TrainState) -> None:
 
         losses = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in losses])
         val = np.asarray([bits_per_dim(v, data.dims, data.n_bins) for v in val])
-        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, ylabel="bits/dim")
+        label = "bits/dim" if cfg.get("n_bits") is None else f"bits/dim ({cfg['n_bits']}-bit data)"
+        loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val, ylabel=label)
     else:
         loss_curve(os.path.join(out, "loss.png"), losses, st.val_steps, val)
 
@@ -1025,13 +1128,14 @@ def _next_multiple(step: int, every: int) -> int:
 
 def _evaluate(cfg: dict, model: FlowModel, st: TrainState, val_x, comm: Communicator | None = None,
               val_y=None) -> None:
-    nll = evaluate_nll(model, st.params, val_x, batch_size=1024, comm=comm, y=val_y)
+    params = eval_params(cfg, st)
+    nll = evaluate_nll(model, params, val_x, batch_size=1024, comm=comm, y=val_y)
     st.val_steps.append(st.step)
     st.val_nll.append(nll)
     if not math.isfinite(nll):
         st.bad_evals += 1
     elif st.best_val is None or nll < st.best_val:
-        st.best, st.best_val, st.best_step, st.bad_evals = st.params, nll, st.step, 0
+        st.best, st.best_val, st.best_step, st.bad_evals = params, nll, st.step, 0
     else:
         st.bad_evals += 1
     patience = cfg["patience"]

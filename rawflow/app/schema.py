@@ -92,6 +92,9 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "patience": _int(1, null=True),
     "checkpoint_every": _int(1),
     "init_batch": _int(1),
+    "n_bits": _int(1, null=True),
+    "data_n_bins": _int(2, null=True),
+    "ema": _num(0, 1, null=True, lo_open=True),
     "ycond": lambda v: None if isinstance(v, bool) else "true or false",
     "context": lambda v: None if isinstance(v, bool) else "true or false",
     "weight_y": _num(0, INF),
@@ -99,13 +102,15 @@ KEYS: dict[str, Callable[[Any], str | None]] = {
     "context_features": _int(1),
 }
 # Keys a run config may lack: written only when they apply, or by versions before they existed
-# (the conditioning keys: an older run is unconditional).
-OPTIONAL = {"data_sha256", "ycond", "context", "weight_y", "n_classes", "context_features"}
+# (n_bits, data_n_bins, ema and the conditioning keys: an older run is 8-bit, unaveraged, unconditional).
+OPTIONAL = {"data_sha256", "n_bits", "data_n_bins", "ema", "ycond", "context", "weight_y", "n_classes",
+            "context_features"}
 ARCH_KEYS: dict[str, Callable[[Any], str | None]] = {
     "n_couplings": _int(1), "hidden": _int_list(lo=1), "scale": _choice("exp", "bounded", "sigmoid"),
     "activation": _choice("relu", "tanh", "leaky_relu"), "K": _int(1), "L": _int(1), "width": _int(1),
     "coupling": _choice("affine", "additive"), "permutation": _choice("lu", "dense", "reverse", "shuffle"),
     "learn_top": lambda v: None if isinstance(v, bool) else "true or false", "blocks": _int(1),
+    "variant": _choice("rawflow", "openai"),
     "split_prior": lambda v: None if isinstance(v, bool) else "true or false",
 }
 
@@ -130,6 +135,11 @@ def check_config(cfg: Any, where: str) -> None:
             problems.append(f"'arch.{key}' is {value!r:.60}, expected {want}")
     if not problems and cfg["kind"] == "image" and cfg["n_bins"] is None:
         problems.append("'n_bins' is None, expected an integer ≥ 2 for image data")
+    if not problems and cfg.get("n_bits") is not None and (
+            cfg["kind"] != "image" or cfg["n_bins"] != 2 ** cfg["n_bits"] or cfg.get("data_n_bins") is None
+            or cfg["data_n_bins"] < cfg["n_bins"]):
+        problems.append(f"'n_bits' {cfg['n_bits']} does not fit 'n_bins' {cfg['n_bins']} and 'data_n_bins' "
+                        f"{cfg.get('data_n_bins')} (n-bit image data need n_bins = 2^n_bits ≤ data_n_bins)")
     if not problems and cfg.get("ycond") and "n_classes" not in cfg:
         problems.append("'ycond' is true but 'n_classes' is missing")
     if not problems and cfg.get("context") and "context_features" not in cfg:

@@ -87,7 +87,8 @@ def check_model(cfg: dict) -> None:
     """Once the data's shape is known: parameters (with gradients and optimiser state) and one batch."""
     item = 4 if cfg["dtype"] == "float32" else 8
     n = parameter_count(cfg)
-    check_memory(f"the model (about {n:.3g} parameters, with gradients and optimiser state)", PARAM_COPIES * item * n)
+    copies = PARAM_COPIES + (1 if cfg.get("ema") is not None else 0)  # the moving average
+    check_memory(f"the model (about {n:.3g} parameters, with gradients and optimiser state)", copies * item * n)
     d = math.prod(cfg["event_shape"])
     a = cfg["arch"]
     widest = max([d, *a.get("hidden", []), a.get("width", 0) * d // max(1, cfg["event_shape"][0])])

@@ -9,6 +9,7 @@ Forward = data → latent; ``logdet = log|det ∂z/∂x|`` per sample, shape ``(
   (dense and LU 1×1 convolutions); :mod:`._channel` holds what they share.
 * Reshaping and multi-scale: :mod:`.squeeze`, :mod:`.split`, :mod:`.multiscale`;
   preprocessing: :mod:`.logit`.
+* :mod:`.openai`: Glow's layers as openai/glow's reference code defines them (``glow(variant="openai")``).
 * Conditional layers (a context ``c`` reaches the conditioner or the prior): :mod:`.conditional_coupling`
   (vectors and images), :mod:`.conditional_prior` (openai/glow's ``--ycond`` top and split priors,
   the multi-scale latent's prior), :mod:`.conditional` (``ContextAsInput``: how they are checked).
@@ -26,6 +27,7 @@ from .image_coupling import ChannelCoupling, ChannelRotationCoupling, Checkerboa
 from .linear import DenseLinear, LULinear
 from .logit import Logit
 from .multiscale import MultiScale
+from .openai import OpenAIActNorm, OpenAIAffineTransform, OpenAICoupling, OpenAIInvConv, OpenAILearnTop, OpenAISplit
 from .partition import Partition
 from .permutation import Permutation, Reverse
 from .scales import BoundedScale, ExpScale, ScaleMap, SigmoidScale, scale_map
@@ -62,6 +64,12 @@ __all__ = [
     "LULinear",
     "MultiScale",
     "MultiScalePrior",
+    "OpenAIActNorm",
+    "OpenAIAffineTransform",
+    "OpenAICoupling",
+    "OpenAIInvConv",
+    "OpenAILearnTop",
+    "OpenAISplit",
     "Partition",
     "Permutation",
     "Reverse",

@@ -221,6 +221,55 @@ def image_model_cases() -> list[Case]:
     return out
 
 
+def openai_cases() -> list[Case]:
+    """openai/glow's own layer definitions (``glow(..., variant="openai")``): ActNorm with log-scale
+    factor 3, the shift-then-scale coupling with edge-padded networks (also saturated), the dense
+    1×1 convolution with a float64 log-det, the edge-padded split and learned top priors, and a
+    one-level model of them."""
+    from ..bijectors.openai import OpenAIActNorm, OpenAICoupling, OpenAIInvConv, OpenAILearnTop, OpenAISplit
+    from ..models.architectures import glow
+
+    def noisy(layer, seed, shape, scale=0.05):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=shape)
+        params = layer.init(rng, x)
+        return tree.map(lambda a: a + rng.normal(scale=scale, size=a.shape), params), x
+
+    cases = [
+        _case("openai-actnorm", OpenAIActNorm(4), seed=100, scale=0.3),
+        Case("openai-actnorm-image", OpenAIActNorm(3, spatial=2),
+             *_image_params(OpenAIActNorm(3, spatial=2), 101, (2, 3, 2, 3), scale=0.3)),
+    ]
+    for i, (kind, hw) in enumerate([("affine", (3, 3)), ("additive", (2, 2))]):  # 3×3: an interior pixel
+        layer = OpenAICoupling(4, kind, width=2)
+        cases.append(Case(f"openai-coupling-{kind}", layer, *noisy(layer, 102 + i, (2, 4, *hw))))
+    # Saturated: the scale channels' raw outputs h_s = h[:, 1::2] at ±(6..12) − 2 (s ≈ e^{-14}, or 1 − e^{-10}).
+    layer = OpenAICoupling(4, "affine", width=3)
+    params, x = noisy(layer, 104, (2, 4, 2, 2))
+    rng = np.random.default_rng(105)
+    out = params["net"]["out"]
+    out["w"], out["logs"] = out["w"] * 0.1, out["logs"] * 0.0
+    b = out["b"].copy()
+    lo, hi = SATURATED_H["sigmoid"]
+    b[1::2] = np.array([-1.0, 1.0]) * rng.uniform(lo, hi, size=2) - 2.0
+    out["b"] = b
+    cases.append(Case("openai-coupling-saturated", layer, params, x))
+    cases += [
+        Case("openai-invconv", OpenAIInvConv(3, spatial=2, seed=6),
+             *_perturbed_rotation(OpenAIInvConv(3, spatial=2, seed=6), 106, (2, 3, 2, 2))),
+        Case("openai-split", OpenAISplit(4), *noisy(OpenAISplit(4), 107, (2, 4, 3, 3), scale=0.1)),
+        Case("openai-learntop", OpenAILearnTop(2), *noisy(OpenAILearnTop(2), 108, (2, 2, 3, 3), scale=0.1)),
+    ]
+    # One level (ActNorm, 1×1 conv, coupling, learned top prior); the split is checked on its own above
+    # (a second level costs 1.5× the time of the whole family in the complex-step columns).
+    flow = glow(1, 1, 1, (1, 4, 4), variant="openai", reconstruct=True)
+    rng = np.random.default_rng(109)
+    x = rng.uniform(size=(2, 1, 4, 4)) - 0.5
+    params = tree.map(lambda a: a + rng.normal(scale=0.02, size=a.shape), flow.init(rng, x))
+    cases.append(Case("openai-glow-flow", flow, params, x, {"fd_columns": 16}))
+    return cases
+
+
 def _conditional_case(name, layer, shape, seed, *, k=None, n=2, scale=0.3, noisy=False, uniform=False,
                       options=None) -> Case:
     """A conditional layer as :class:`~rawflow.bijectors.conditional.ContextAsInput`: the context is part of
@@ -299,6 +348,7 @@ FAMILIES: list[tuple[str, Callable[[], list[Case]]]] = [
     ("model", model_cases),
     ("image", image_cases),
     ("image-model", image_model_cases),
+    ("openai", openai_cases),
     ("conditional", conditional_cases),
 ]
 

@@ -29,8 +29,9 @@ check                  what                                                     
 
 ``T`` is the term size of each entry (:mod:`rawflow.check.analysis`); ``Σ|J⁻¹|ᵀ|δJ|`` is how far an
 oracle's errors ``δJ`` (``16·eps·|J|`` for the complex step) can move ``slogdet``. ``B`` is the
-element-wise round-off amplification of a round trip (``|x| + |J⁻¹|·|z|`` for one layer; summed over
-a chain's layers), ``δ = ulps·eps·B`` the shift of a rebuilt point. Records also report ``κ``, the
+element-wise round-off amplification of a round trip (``|x| + |J⁻¹|·|z|`` for one layer, each
+rounding charged at its layer's term sizes, see :class:`~rawflow.check.conditioning.Conditioning`;
+summed over a chain's layers), ``δ = ulps·eps·B`` the shift of a rebuilt point. Records also report ``κ``, the
 product of the layers' ``cond₂``; a user ``kappa`` replaces ``B`` by ``kappa·max(|x|∞, |z|∞)``.
 A memory-lean (reconstructing) chain evaluates its VJPs at rebuilt points: its gradient bars add
 ``|H|·δ`` (and its complex-step Hessian bars scale with ``64·eps·κ``).

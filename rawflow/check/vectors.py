@@ -47,6 +47,7 @@ from .._files import atomic_write
 from ..bijectors.chain import Chain
 from ..bijectors.conditional import ContextAsInput
 from ..bijectors.coupling import AffineTransform, Coupling
+from ..bijectors.openai import OpenAIAffineTransform
 from ..nets.context import ConcatContext
 from . import oracles, registry
 from .probe import Probe
@@ -78,6 +79,11 @@ CONVENTIONS = {
                 "y_b = x_b * exp(log_s(h_s)) + t; additive: y_b = x_b + h",
     "scale_maps": "exp: log s = h; bounded(c): log s = c*tanh(h/c); sigmoid: s = sigmoid(h + 2)",
     "params": "npz keys param/<path>; paths join nested dict keys with '/'",
+    "openai_layers": "openai-* cases (openai/glow's definitions, NCHW): ActNorm z = (x + b) * exp(3 logs); "
+                     "coupling shift = h[:, 0::2], s = sigmoid(h[:, 1::2] + 2), y_b = (x_b + shift) * s; "
+                     "conv weights (C_out, C_in(+1), k, k), cross-correlation, the last input channel of a k > 1 "
+                     "conv is the edge channel (1 on the zero-padded border); norms in the networks "
+                     "(x + b) * exp(3 logs); invconv z = W x per pixel (the reference's NHWC w[in, out] is W^T)",
     "context": "conditional layers (class ContextAsInput): rows [x.reshape(N, -1) | c] -> [z.reshape(N, -1) | c]; "
                "the context c is part of the input, its cotangent part of grad/input; the log-det is log|det dz/dx|",
 }
@@ -88,6 +94,9 @@ def _describe_net(net) -> dict | None:
     if hasattr(net, "widths"):
         return {"class": type(net).__name__, "widths": list(net.widths), "activation": net.activation.name,
                 "leaky_slope": net.activation.slope}
+    if hasattr(net, "width"):  # the image conditioners (GlowCNN, ResNetCNN, openai's)
+        return {"class": type(net).__name__, "in": net.in_features, "out": net.out_features, "width": net.width,
+                "layers": [name for name, _ in getattr(net, "layers", [])]}
     if isinstance(net, ConcatContext):
         inner = _describe_net(net.net)
         return {"class": "ConcatContext", "context_features": net.context_features,
@@ -103,22 +112,26 @@ def describe(layer) -> dict:
     if isinstance(layer, Chain):
         return {"class": "Chain", "reconstruct": layer.reconstruct, "layers": [describe(s) for s in layer.layers]}
     if isinstance(layer, Coupling):
-        net = layer.net
+        net, t = layer.net, layer.transform
+        kind = ("affine" if isinstance(t, AffineTransform) else
+                "shift-then-scale, interleaved" if isinstance(t, OpenAIAffineTransform) else "additive")
         out = {
             "class": type(layer).__name__,
             "features": int(layer.event_shape[0]),
             "copied": layer.partition.idx_a.tolist(),
             "transformed": layer.partition.idx_b.tolist(),
-            "transform": "affine" if isinstance(layer.transform, AffineTransform) else "additive",
+            "transform": kind,
         }
-        if isinstance(layer.transform, AffineTransform):
-            out["scale"] = repr(layer.transform.scale)
+        if isinstance(t, (AffineTransform, OpenAIAffineTransform)):
+            out["scale"] = repr(t.scale)
         conditioner = _describe_net(net)
         if conditioner is not None:
             out["conditioner"] = conditioner
         return out
-    return {"class": type(layer).__name__, "event_shape": list(getattr(layer, "event_shape", ())),
-            "repr": repr(layer)}
+    out = {"class": type(layer).__name__, "event_shape": list(getattr(layer, "event_shape", ()))}
+    if type(layer).__repr__ is not object.__repr__:  # object's repr is a memory address: not a description
+        out["repr"] = repr(layer)
+    return out
 
 
 # ---------------------------------------------------------------------- computing the fields

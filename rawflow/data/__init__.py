@@ -12,7 +12,8 @@ from .datasets import (
     spirals,
     two_moons,
 )
-from .images import bits_per_dim, dequantize, digit_labels, digits, independent_pixel_baseline, load_images
+from .images import (bits_per_dim, dequantize, digit_labels, digits, independent_pixel_baseline, load_images,
+                     n_bits_note, reduce_bits)
 
 __all__ = [
     "bits_per_dim",
@@ -26,8 +27,10 @@ __all__ = [
     "independent_pixel_baseline",
     "load_images",
     "make_2d",
+    "n_bits_note",
     "pinwheel",
     "read_array",
+    "reduce_bits",
     "spirals",
     "two_moons",
 ]

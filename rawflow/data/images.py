@@ -8,6 +8,9 @@
   ``x ∈ [0, 1)^D`` bounds the discrete log-likelihood of ``v`` (Theis et al., 2016).
 * :func:`bits_per_dim`: ``bpd = (NLL + D·log n_bins) / (D·ln 2)`` for an NLL in nats of ``x``;
   the ``D·log n_bins`` term is the Jacobian of ``v + u ↦ (v + u)/n_bins``.
+* :func:`reduce_bits`: ``n``-bit data from images of ``B`` levels (openai/glow's ``--n_bits_x``),
+  ``v_n = ⌊2ⁿ·(v + ½)/B⌋``, then modelled with ``n_bins = 2ⁿ``. Bits/dim of ``n``-bit data measure
+  a coarser, easier problem: they are not comparable with the full data's (:func:`n_bits_note`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,41 @@ def dequantize(images: np.ndarray, n_bins: int, rng: np.random.Generator, dtype=
     if images.min() < 0 or images.max() >= n_bins:
         raise ValueError(f"dequantize: pixel values must lie in [0, {n_bins - 1}]")
     return ((images + rng.uniform(size=images.shape)) / n_bins).astype(dtype)
+
+
+def reduce_bits(images: np.ndarray, n_bits: int, n_bins: int) -> tuple[np.ndarray, int]:
+    """``(v_n, 2**n_bits)``: integer images of ``n_bins`` levels reduced to ``n_bits`` bits.
+
+    ``v_n = ⌊2ⁿ·(v + ½)/B⌋`` (``B = n_bins``), in exact integer arithmetic: source level ``v``
+    goes to the one of ``2ⁿ`` equal-width bins of ``[0, B)`` that holds the centre of its own
+    interval ``[v, v + 1)``. For ``B = 2ᵇ`` (8-bit data: ``B = 256``) this is exactly openai/glow's
+    ``⌊v / 2^(b − n)⌋`` (``(2v + 1)/2^(b−n+1)`` has the same integer part, ``b > n``; the identity
+    at ``n = b``). For the 17-level digits (``B = 17``, ``n ≤ 4``) the bins are 17/2ⁿ levels wide;
+    at ``n = 4`` levels 8 and 9 share a bin and every other level keeps its own.
+    ``2ⁿ > B`` is refused: it would invent levels the data do not have.
+    """
+    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or n_bits < 1:
+        raise ValueError(f"reduce_bits: n_bits must be a positive integer, got {n_bits!r}")
+    if 2 ** int(n_bits) > n_bins:
+        raise ValueError(f"reduce_bits: {n_bits}-bit data need at least 2^{n_bits} = {2 ** int(n_bits)} levels, "
+                         f"the data have {n_bins} (use n_bits ≤ {int(math.floor(math.log2(n_bins)))})")
+    images = np.asarray(images)
+    if images.dtype.kind not in "iu":
+        raise ValueError(f"reduce_bits: expected integer pixel values, got dtype {images.dtype}")
+    if images.size and (images.min() < 0 or images.max() >= n_bins):
+        raise ValueError(f"reduce_bits: pixel values must lie in [0, {n_bins - 1}]")
+    levels = 2 ** int(n_bits)
+    return (levels * (2 * images.astype(np.int64) + 1)) // (2 * n_bins), levels
+
+
+def n_bits_note(n_bits: int | None, data_bins: int | None) -> str | None:
+    """The sentence every output that reports bits/dim of ``n``-bit data carries (``None`` when the
+    data are modelled at their own resolution)."""
+    if n_bits is None:
+        return None
+    full = f"{data_bins}-level" if data_bins is not None and data_bins != 256 else "8-bit"
+    return (f"{n_bits}-bit data (n_bins = 2^{n_bits} = {2 ** int(n_bits)}): bits/dim are not comparable "
+            f"with figures for the {full} data")
 
 
 def bits_per_dim(nll_nats: float, dims: int, n_bins: int) -> float:

@@ -74,15 +74,21 @@ def nice(
 
 
 # ---------------------------------------------------------------------------- images (N, C, H, W)
-def _mixer(kind: str, channels: int, seed: int):
-    """Glow's channel mixing between couplings."""
+#: Glow's layer definitions: rawflow's own, or openai/glow's reference code (docs/glow-variants.md)
+VARIANTS = ("rawflow", "openai")
+
+
+def _mixer(kind: str, channels: int, seed: int, variant: str = "rawflow"):
+    """Glow's channel mixing between couplings (``"dense"`` under ``variant="openai"``: the
+    reference's float64 log-det, :class:`~rawflow.bijectors.openai.OpenAIInvConv`)."""
     from ..bijectors.linear import DenseLinear, LULinear
+    from ..bijectors.openai import OpenAIInvConv
     from ..bijectors.permutation import Permutation, Reverse
 
     if kind == "lu":
         return LULinear(channels, spatial=2, seed=seed)
     if kind == "dense":
-        return DenseLinear(channels, spatial=2, seed=seed)
+        return (OpenAIInvConv if variant == "openai" else DenseLinear)(channels, spatial=2, seed=seed)
     if kind == "reverse":
         return Reverse(channels, spatial=2)
     if kind == "shuffle":
@@ -107,11 +113,12 @@ def glow(
     image_shape=(1, 8, 8),
     *,
     coupling: str = "affine",
-    permutation: str = "lu",
+    permutation: str | None = None,
     scale: str = "sigmoid",
     learn_top: bool = True,
     reconstruct: bool = False,
     seed: int = 0,
+    variant: str = "rawflow",
     split_context: int | None = None,
 ):
     """Glow (Kingma & Dhariwal, 2018): ``L`` levels of squeeze → ``K`` × [ActNorm → 1×1 mixing →
@@ -119,17 +126,26 @@ def glow(
 
     ``coupling``: ``"affine"`` (scale map ``scale``, Glow's code uses ``sigmoid(h + 2)``) or
     ``"additive"``; conditioners are Glow's conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU →
-    zero conv3×3 of ``width`` channels. ``permutation``: ``"lu"`` | ``"dense"`` | ``"reverse"`` |
-    ``"shuffle"``. Each split scores the factored half under a Gaussian from the kept half (Glow's
-    split prior); ``learn_top`` ends the last level with a zero-initialised ActNorm, i.e. a learned
-    diagonal Gaussian top prior under a standard normal ``prior``. Use with ``StandardNormal((C·H·W,))``.
-    ``split_context=K`` conditions every split prior on ``c: (N, K)``
+    zero conv3×3 of ``width`` channels. ``permutation``: ``"lu"`` (default) | ``"dense"`` |
+    ``"reverse"`` | ``"shuffle"``. Each split scores the factored half under a Gaussian from the
+    kept half (Glow's split prior); ``learn_top`` ends the last level with a zero-initialised
+    ActNorm, i.e. a learned diagonal Gaussian top prior under a standard normal ``prior``. Use with
+    ``StandardNormal((C·H·W,))``. ``split_context=K`` conditions every split prior on ``c: (N, K)``
     (:class:`~rawflow.bijectors.conditional_prior.ConditionalSplit`); the flow is then conditional.
+
+    ``variant="openai"`` builds the same architecture from the reference code's own definitions
+    (:mod:`rawflow.bijectors.openai`; ``docs/glow-variants.md`` lists every difference): ActNorm
+    ``(x + b)·exp(3·logs)`` with its ``1/(√var + 1e-6)`` init, the coupling
+    ``(x_b + h[0::2])·sigmoid(h[1::2] + 2)``, edge-padded convolutions with factor-3 norms in the
+    network, the split prior's edge-padded ``Conv2dZeros``, the dense 1×1 convolution with a
+    float64 log-det (``permutation`` default ``"dense"``) and ``learn_top`` as the reference's
+    ``--learntop`` prior. Its scale map is fixed (``scale`` must be ``"sigmoid"``).
     """
     from ..bijectors.actnorm import ActNorm
     from ..bijectors.conditional_prior import ConditionalSplit
     from ..bijectors.image_coupling import ChannelCoupling
     from ..bijectors.multiscale import MultiScale
+    from ..bijectors.openai import OpenAIActNorm, OpenAICoupling, OpenAILearnTop, OpenAISplit
     from ..bijectors.split import Split
     from ..bijectors.squeeze import Squeeze
 
@@ -138,23 +154,35 @@ def glow(
             raise ValueError(f"glow: {label} must be a positive integer, got {v!r}")
     if coupling not in ("affine", "additive"):
         raise ValueError(f"glow: coupling must be 'affine' or 'additive', got {coupling!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"glow: variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    openai = variant == "openai"
+    if openai and scale != "sigmoid":
+        raise ValueError(f"glow: variant 'openai' has the reference's scale map sigmoid(h + 2), got scale={scale!r}")
+    if openai and split_context is not None:
+        raise ValueError("glow: variant 'openai' has the reference's unconditional split prior; split_context "
+                         "needs variant='rawflow'")
+    if permutation is None:
+        permutation = "dense" if openai else "lu"
     c, h, w = _image_shape("glow", image_shape, L)
     levels, keep = [], []
     for level in range(int(L)):
         layers = [Squeeze(c)]
         c *= 4
         for k in range(int(K)):
-            layers += [
-                ActNorm(c, spatial=2),
-                _mixer(permutation, c, seed=seed + 1000 * level + k),
-                ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow"),
-            ]
+            mixer = _mixer(permutation, c, seed + 1000 * level + k, variant)
+            if openai:
+                layers += [OpenAIActNorm(c, spatial=2), mixer, OpenAICoupling(c, coupling, width=int(width))]
+            else:
+                layers += [ActNorm(c, spatial=2), mixer,
+                           ChannelCoupling(c, coupling, scale=scale, width=int(width), conditioner="glow")]
         if level < L - 1:
-            layers.append(Split(c) if split_context is None else ConditionalSplit(c, split_context))
+            layers.append(OpenAISplit(c) if openai else Split(c) if split_context is None
+                          else ConditionalSplit(c, split_context))
             keep.append(c // 2)
             c //= 2
         elif learn_top:
-            layers.append(ActNorm(c, spatial=2, data_init=False))
+            layers.append(OpenAILearnTop(c) if openai else ActNorm(c, spatial=2, data_init=False))
         levels.append(Chain(layers, reconstruct=reconstruct))
     return MultiScale(levels, keep, (int(image_shape[0]), h, w), reconstruct=reconstruct)
 

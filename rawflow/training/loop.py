@@ -192,6 +192,8 @@ def train(
             bar.close()
     if dp is not None and steps:
         check_replicas(comm, params, f"at the end of training ({steps} steps)")
+        if isinstance(opt_state, dict) and "ema" in opt_state:  # Polyak averaging (rawflow.training.ema)
+            check_replicas(comm, opt_state["ema"], f"(their moving average) at the end of training ({steps} steps)")
     return params, opt_state, losses
 
 

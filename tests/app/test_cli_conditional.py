@@ -160,6 +160,8 @@ def test_vector_runs_conditioned_on_labels_and_on_a_context(tmp_path, capsys):
     (["train", "--model", "realnvp", "--data", "two_moons", "--ycond"], "--ycond needs labels with the data"),
     (["train", "--model", "realnvp", "--data", "digits", "--ycond"], "use --model glow, not realnvp"),
     (["train", "--model", "glow", "--data", "digits", "--context"], "--context needs context with the data: a .npz holding 'c'"),
+    (["train", "--model", "glow", "--data", "digits", "--ycond", "--variant", "openai"],
+     "--variant openai with --ycond: the class-conditional Glow is built from rawflow's layers"),
 ])
 def test_bad_conditional_training_options(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "r")]) == 2

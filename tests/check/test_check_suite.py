@@ -180,3 +180,26 @@ def test_one_small_layer_checks_in_well_under_two_seconds():
     start = time.perf_counter()
     check_bijector(case.layer, case.params, case.x)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("variant", ["rawflow", "openai"])
+def test_round_trip_bound_charges_a_1x1_convolution_its_term_sizes(variant):
+    """A one-level Glow with a dense 1×1 convolution at the stress suite's mixed-magnitude point
+    (rows scaled by 1e-6 / 1 / 8, seed 2 and 3): its accurate layers round the z → x → z trip to
+    ~16 ulp of an element whose own size is far below its product's terms. Charged at eps·|x_k| per
+    level the bound missed it (rawflow's layers, both seeds); charged at each layer's term sizes it
+    holds, and an inverse off by 1e-9 still fails (``test_inverse_off_by_1e9_fails_the_round_trip``)."""
+    from rawflow import glow, tree
+    from rawflow.check import stress
+    from rawflow.check.conditioning import Conditioning, Context
+    from rawflow.check.structure import roundtrip
+
+    for seed in (2, 3):
+        flow = glow(1, 1, 1, (1, 4, 4), permutation="dense", variant=variant, reconstruct=True)
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(size=(2, 1, 4, 4)) - 0.5
+        params = tree.map(lambda a: a + rng.normal(scale=0.02, size=a.shape), flow.init(rng, x))
+        xm = stress._mixed(registry.Case("glow", flow, params, x))
+        ctx = Context(flow, "glow", np, params)
+        records = roundtrip(ctx, xm, np.dtype(np.float64), Conditioning(ctx, xm), 4, "glow")
+        assert all(r.passed for r in records), (seed, [r.max_abs_err for r in records])

@@ -22,7 +22,9 @@ def test_committed_golden_set_verifies():
     assert report, report.failure_report()
     manifest = json.loads((GOLDEN / "manifest.json").read_text())
     assert len(manifest["files"]) == len({r.layer for r in report})
-    assert sum(p.stat().st_size for p in GOLDEN.iterdir()) < 200_000
+    # A repository-size budget, not a tolerance: 200 KB until issue 15 added the openai layers (5 cases,
+    # 104 KB: one zip member per parameter leaf and field) and two conditional cases (~57 KB).
+    assert sum(p.stat().st_size for p in GOLDEN.iterdir()) < 300_000
 
 
 def test_manifest_documents_conventions_tolerances_and_hashes():
