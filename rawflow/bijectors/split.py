@@ -57,6 +57,7 @@ from .._array import Array, namespace
 from .._checks import check_array, check_positive_finite, check_rng, check_vector, open_cache
 from .bijector import Bijector
 from ..nets.cnn import ZeroConv2d
+from ..nets.mlp import apply_no_cache
 from ..distributions.priors import Prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -113,7 +114,7 @@ class Split(Bijector):
 
     def _stats_no_cache(self, params, x1, context=None):
         """``(μ, ℓ)`` of :meth:`_stats`, bit for bit, without the network's cache."""
-        h = self.prior.apply_no_cache(params["prior"], x1)
+        h = apply_no_cache(self.prior, params["prior"], x1)  # a prior network without the method: apply's values
         return h[:, 0::2], h[:, 1::2]
 
     def _stats_backward(self, params, net_cache, gmu, glogs):

@@ -43,11 +43,21 @@ from .mlp import Activation
 
 
 def _channel_sum(a: Array) -> Array:
+    """``Σ`` over everything but the channels of an NCHW ``(N, C, H, W)`` array."""
+    return a.sum(axis=(0, 2, 3))
+
+
+def _per_channel(v: Array) -> Array:
+    """``(C,) → (1, C, 1, 1)``: broadcasts over an NCHW array."""
+    return v.reshape(1, -1, 1, 1)
+
+
+def _channel_sum_cm(a: Array) -> Array:
     """``Σ`` over everything but the channels of a channel-major ``(C, N, H, W)`` array."""
     return a.sum(axis=(1, 2, 3))
 
 
-def _per_channel(v: Array) -> Array:
+def _per_channel_cm(v: Array) -> Array:
     """``(C,) → (C, 1, 1, 1)``: broadcasts over a channel-major array."""
     return v.reshape(-1, 1, 1, 1)
 
@@ -188,13 +198,13 @@ class ZeroConv2d(_Layer):
     def apply_cm(self, params: dict, x: Array, owned: bool = False):
         xp = namespace(x)
         a, conv_cache = conv_cm(x, params["w"], params["b"])
-        scale = _per_channel(xp.exp(self.logscale_factor * params["logs"]))
+        scale = _per_channel_cm(xp.exp(self.logscale_factor * params["logs"]))
         y = _times(a, scale, True)  # a is the convolution's fresh output
         return y, (conv_cache, scale, y)
 
     def backward_cm(self, params: dict, cache, g: Array, owned: bool = False):
         conv_cache, scale, y = cache
-        glogs = self.logscale_factor * _channel_sum(g * y)
+        glogs = self.logscale_factor * _channel_sum_cm(g * y)
         gx, gw, gb = conv_cm_backward(conv_cache, _times(g, scale, owned))
         return gx, {"w": gw, "b": gb, "logs": glogs}
 
@@ -225,8 +235,8 @@ class ChannelNorm(_Layer):
 
     def _normalise(self, params: dict, x: Array, owned: bool):
         """``((x + b) ⊙ e, e)`` with ``e = exp(ℓ)`` per channel, in ``x``'s memory when owned."""
-        scale = _per_channel(namespace(x).exp(params["logs"]))
-        b = _per_channel(params["b"])
+        scale = _per_channel_cm(namespace(x).exp(params["logs"]))
+        b = _per_channel_cm(params["b"])
         if owned and x.dtype == b.dtype:
             x += b
             u = x
@@ -243,9 +253,9 @@ class ChannelNorm(_Layer):
 
     def backward_cm(self, params: dict, cache, g: Array, owned: bool = False):
         scale, y = cache
-        glogs = _channel_sum(g * y)  # before g is scaled in place
+        glogs = _channel_sum_cm(g * y)  # before g is scaled in place
         gx = _times(g, scale, owned)
-        return gx, {"b": _channel_sum(gx), "logs": glogs}
+        return gx, {"b": _channel_sum_cm(gx), "logs": glogs}
 
     # ---------------------------------------------------------------- fused with a following ReLU
     def apply_relu_cm(self, params: dict, act: "Act", x: Array, owned: bool = False):

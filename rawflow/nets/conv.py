@@ -40,8 +40,9 @@ A shifted copy is made one of two ways, with identical results: for large arrays
 contiguous slab per channel along the flattened ``N·H·W`` axis (a shift by ``d = di·W + dj``
 there wraps across rows and images exactly at the positions that must be zero, which are zeroed);
 for small NumPy arrays (the digits demo's 4×4 images), where NumPy's per-call overhead dominates,
-one gather through a cached index map, with a zero column for the outside positions. Any evaluation order of these sums is within Higham's ``γ_K·Σ|terms|``
-(``K = C_in·k² + 1``) of the exact value, which the tests hold it to; ``.T`` is a plain transpose,
+one gather through a cached index map, with a zero column for the outside positions. Any
+evaluation order of these sums is within Higham's ``γ_K·Σ|terms|`` (``K = C_in·k² + 1``) of the
+exact value, which the tests hold it to; ``.T`` is a plain transpose,
 never a conjugate, so every map is analytic in ``x``, ``w`` and ``b`` (complex-step oracles apply).
 The code takes its namespace from the inputs and runs unchanged on NumPy and CuPy arrays.
 """

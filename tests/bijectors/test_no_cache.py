@@ -82,3 +82,24 @@ def test_no_cache_paths_with_the_numba_kernels(dtype):
     xb2, li2 = flow._inverse_no_cache(params, z)
     assert_same_bits(xb2, xb, "numba inverse x")
     assert_same_bits(li2, li, "numba inverse logdet")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_cache_paths_of_a_subclassed_transform(dtype):
+    """A transform that subclasses AffineTransform with other maths (interop's shift-then-scale)
+    keeps its own maths on the inference paths."""
+    from rawflow.bijectors.coupling import Coupling
+    from rawflow.interop.maps import ShiftScaleTransform
+
+    rng = np.random.default_rng(5)
+    layer = Coupling(6, ShiftScaleTransform("exp"), hidden=(8,))
+    x = rng.normal(size=(7, 6)).astype(dtype)
+    params = tree.map(lambda a: a + rng.normal(scale=0.3, size=a.shape).astype(dtype), layer.init(rng, x))
+    z, logdet, _ = layer._forward(params, x)
+    z2, logdet2 = layer._forward_no_cache(params, x)
+    assert_same_bits(z2, z, "shift-then-scale forward z")
+    assert_same_bits(logdet2, logdet, "shift-then-scale forward logdet")
+    xb, li, _ = layer._inverse(params, z)
+    xb2, li2 = layer._inverse_no_cache(params, z)
+    assert_same_bits(xb2, xb, "shift-then-scale inverse x")
+    assert_same_bits(li2, li, "shift-then-scale inverse logdet")
