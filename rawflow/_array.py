@@ -32,15 +32,17 @@ def _is_object(a: Any) -> bool:
 def namespace(*arrays: Any):
     """``cupy`` if any argument is a CuPy array; :class:`ObjectNumPy` if one is a NumPy object array
     (mpmath numbers); else ``numpy``."""
+    objects = False
     for a in arrays:
-        if _is_cupy(a):
+        if type(a) is np.ndarray:  # the common case, decided without a module-name lookup
+            objects = objects or a.dtype.kind == "O"
+        elif _is_cupy(a):
             import cupy
 
             return cupy
-    for a in arrays:
-        if _is_object(a):
-            return object_numpy()
-    return np
+        else:
+            objects = objects or _is_object(a)
+    return object_numpy() if objects else np
 
 
 def to_numpy(a: Array) -> np.ndarray:

@@ -42,6 +42,16 @@ Direction convention: **forward = data → latent** (the training direction). Fo
   is undefined, and every such place raises ``ValueError`` saying the batch is empty: a
   data-dependent ``init`` (:attr:`Bijector.data_dependent`: ActNorm, the CNN conditioners'
   normalisation), a mean NLL, ``evaluate_nll``, ``train``. Event axes may not be empty.
+* **Inference without caches.** ``_forward_no_cache(params, x) -> (z, logdet)`` and
+  ``_inverse_no_cache(params, z) -> (x, logdet_inv)`` are the unchecked directions for callers that
+  will not run a VJP (sampling, ``log_prob``, ``encode`` / ``decode``). They return exactly the
+  values of ``_forward`` / ``_inverse``, bit for bit (the same operations; tests hold them to
+  it), and keep nothing alive: a layer may then skip what only its VJP needs (a scale map's
+  derivative, a network's intermediates) and overwrite its own temporaries in place. The
+  defaults call ``_forward`` / ``_inverse`` and drop the cache, so a layer that does not
+  override them keeps the contract; composites (chains, multi-scale flows, models) call their
+  children's no-cache methods. A conditional layer (below) takes its context as a third
+  argument here too, ``_forward_no_cache(params, x, c)``, as in ``_forward``.
 * Randomness comes from a ``numpy.random.Generator`` passed explicitly (``init`` also accepts
   ``None`` for layers that draw nothing).
 * Nothing is stored on the layer by any call: calls can overlap and nothing needs flushing.
@@ -183,6 +193,17 @@ class Bijector(ABC):
     def _inverse(self, params, z):
         ...
 
+    def _forward_no_cache(self, params, x, *context):
+        """``(z, logdet)`` of :meth:`_forward`, bit for bit, without building a cache (a conditional
+        layer takes its context here as in ``_forward``)."""
+        z, logdet, _ = self._forward(params, x, *context)
+        return z, logdet
+
+    def _inverse_no_cache(self, params, z, *context):
+        """``(x, logdet_inv)`` of :meth:`_inverse`, bit for bit, without building a cache."""
+        x, logdet, _ = self._inverse(params, z, *context)
+        return x, logdet
+
     @abstractmethod
     def _backward(self, params, cache, gz, glogdet):
         ...
@@ -224,6 +245,20 @@ def run_forward(layer: Bijector, params: dict, x: Array, context: Array | None):
 
 def run_inverse(layer: Bijector, params: dict, z: Array, context: Array | None):
     return layer._inverse(params, z) if layer.context_shape is None else layer._inverse(params, z, context)
+
+
+def run_forward_no_cache(layer: Bijector, params: dict, x: Array, context: Array | None):
+    """``(z, logdet)`` of :func:`run_forward`, bit for bit, without a cache (inference paths)."""
+    if layer.context_shape is None:
+        return layer._forward_no_cache(params, x)
+    return layer._forward_no_cache(params, x, context)
+
+
+def run_inverse_no_cache(layer: Bijector, params: dict, z: Array, context: Array | None):
+    """``(x, logdet_inv)`` of :func:`run_inverse`, bit for bit, without a cache (sampling)."""
+    if layer.context_shape is None:
+        return layer._inverse_no_cache(params, z)
+    return layer._inverse_no_cache(params, z, context)
 
 
 def run_init(layer: Bijector, rng, x: Array, context: Array | None) -> dict:

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from .._array import Array
-from .bijector import (Bijector, common_context, run_backward, run_forward, run_init, run_inverse,
-                       run_inverse_backward)
+from .bijector import (Bijector, common_context, run_backward, run_forward, run_forward_no_cache, run_init,
+                       run_inverse, run_inverse_backward, run_inverse_no_cache)
 
 
 class Chain(Bijector):
@@ -83,26 +83,41 @@ class Chain(Bijector):
         return (x_in, x_out) if context is None else (x_in, x_out, context)
 
     def _forward(self, params, x, context=None):
+        if self.reconstruct:  # keeps only its ends: the layers need not build caches at all
+            z, total = self._forward_no_cache(params, x, context)
+            return z, total, self._ends(x, z, context)
         total = 0
         caches = []
-        x_in = x
         for i, layer in enumerate(self.layers):
             x, logdet, cache = run_forward(layer, params[str(i)], x, context)
             total = total + logdet
-            if not self.reconstruct:
-                caches.append(cache)
-        return x, total, self._ends(x_in, x, context) if self.reconstruct else caches
+            caches.append(cache)
+        return x, total, caches
 
     def _inverse(self, params, z, context=None):
+        if self.reconstruct:
+            x, total = self._inverse_no_cache(params, z, context)
+            return x, total, self._ends(x, z, context)
         total = 0
         caches = [None] * len(self.layers)
-        z_in = z
         for i in reversed(range(len(self.layers))):
-            z, logdet, cache = run_inverse(self.layers[i], params[str(i)], z, context)
+            z, logdet, caches[i] = run_inverse(self.layers[i], params[str(i)], z, context)
             total = total + logdet
-            if not self.reconstruct:
-                caches[i] = cache
-        return z, total, self._ends(z, z_in, context) if self.reconstruct else caches
+        return z, total, caches
+
+    def _forward_no_cache(self, params, x, context=None):
+        total = 0
+        for i, layer in enumerate(self.layers):
+            x, logdet = run_forward_no_cache(layer, params[str(i)], x, context)
+            total = total + logdet
+        return x, total
+
+    def _inverse_no_cache(self, params, z, context=None):
+        total = 0
+        for i in reversed(range(len(self.layers))):
+            z, logdet = run_inverse_no_cache(self.layers[i], params[str(i)], z, context)
+            total = total + logdet
+        return z, total
 
     def _finish(self, g, gparams, gcontext):
         return (g, gparams) if self.context_shape is None else (g, gparams, gcontext)

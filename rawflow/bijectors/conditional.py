@@ -96,6 +96,16 @@ class ContextAsInput(Bijector):
         x, logdet, cache = self.layer._inverse(params, z, c)
         return self._rows(x, c), logdet, cache
 
+    def _forward_no_cache(self, params, w):
+        x, c = self._cut(w, self.x_shape, self.dx)
+        z, logdet = self.layer._forward_no_cache(params, x, c)
+        return self._rows(z, c), logdet
+
+    def _inverse_no_cache(self, params, w):
+        z, c = self._cut(w, self.z_shape, self.dz)
+        x, logdet = self.layer._inverse_no_cache(params, z, c)
+        return self._rows(x, c), logdet
+
     def _backward(self, params, cache, g, glogdet):
         gz, gc_out = self._cut(g, self.z_shape, self.dz)
         gx, gparams, gc = self.layer._backward(params, cache, gz, glogdet)

@@ -34,7 +34,8 @@ from .._array import Array
 from ..nets.cnn import GlowCNN, ResNetCNN
 from ..nets.context import ConcatContext, ContextGlowCNN
 from ..nets.mlp import MLP
-from .coupling import AdditiveTransform, AffineTransform, Coupling
+from .coupling import (AdditiveTransform, AffineTransform, Coupling, transform_forward_no_cache,
+                       transform_inverse_no_cache)
 from .image_coupling import _check_channels, _make_transform
 from .partition import Partition
 from .scales import ScaleMap
@@ -86,6 +87,16 @@ class ConditionalCoupling(Coupling):
         h, net_cache = self.net.apply(params["net"], ya, context)
         xb, logdet, tcache = self.transform.inverse(yb, h)
         return self.partition.merge(ya, xb), logdet, (net_cache, tcache)
+
+    def _forward_no_cache(self, params, x, context):
+        xa, xb = self.partition.split(x)
+        yb, logdet = transform_forward_no_cache(self.transform, xb, self.net.apply(params["net"], xa, context)[0])
+        return self.partition.merge(xa, yb), logdet
+
+    def _inverse_no_cache(self, params, z, context):
+        ya, yb = self.partition.split(z)
+        xb, logdet = transform_inverse_no_cache(self.transform, yb, self.net.apply(params["net"], ya, context)[0])
+        return self.partition.merge(ya, xb), logdet
 
     def _backward(self, params, cache, gz, glogdet):
         net_cache, tcache = cache

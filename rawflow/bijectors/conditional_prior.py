@@ -194,6 +194,11 @@ class ConditionalSplit(Split):
         h = h + h_c[:, :, None, None]  # the class term is constant over the pixels
         return h[:, 0::2], h[:, 1::2], (net_cache, embed_cache)
 
+    def _stats_no_cache(self, params, x1, context=None):
+        # Split's no-cache statistics would drop the class term: take the full ones
+        mu, logs, _ = self._stats(params, x1, context)
+        return mu, logs
+
     def _stats_backward(self, params, cache, gmu, glogs):
         net_cache, embed_cache = cache
         gh = self._interleave(gmu, glogs)

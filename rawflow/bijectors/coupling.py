@@ -41,7 +41,7 @@ import numpy as np
 
 from .._array import Array, namespace
 from .bijector import Bijector
-from ..nets.mlp import MLP, conditioner_spec
+from ..nets.mlp import MLP, add_inplace, apply_no_cache, conditioner_spec
 from .partition import Partition
 from .scales import ScaleMap, scale_map
 
@@ -67,15 +67,38 @@ def _scaled(a: Array, log_s: Array, s: Array, inverse: bool = False) -> Array:
     complex-safe: the log-space branch is only taken for a non-finite or zero ``s``).
     """
     xp = namespace(a)
-    regular = xp.isfinite(s) & (s != 0)
-    if bool(regular.all()):
+    if _all_regular(s):
         return a / s if inverse else a * s
+    regular = xp.isfinite(s) & (s != 0)
     s_ok = xp.where(regular, s, 1)
     out = a / s_ok if inverse else a * s_ok
     nonzero = a != 0
     log_a = xp.log(xp.abs(xp.where(nonzero, a, 1)))
     far = xp.sign(a) * xp.exp(xp.where(nonzero, log_a - log_s if inverse else log_a + log_s, 0))
     return xp.where(regular, out, far)
+
+
+def _all_regular(s: Array) -> bool:
+    """Whether every ``s`` is finite and non-zero. For a real float ``s = exp(·) ≥ 0`` that is
+    ``0 < min(s)`` and ``max(s) < inf`` (two reductions, no temporaries; a NaN fails both);
+    other dtypes take the elementwise test."""
+    if s.dtype.kind == "f":
+        return s.size == 0 or bool((s.min() > 0) & (s.max() < float("inf")))
+    xp = namespace(s)
+    return bool((xp.isfinite(s) & (s != 0)).all())
+
+
+def transform_forward_no_cache(transform, xb: Array, h: Array):
+    """``(yb, logdet)``: ``transform.forward_no_cache`` where the transform has it (optional in the
+    transform protocol; the same values bit for bit), else the values of its cached ``forward``."""
+    fast = getattr(transform, "forward_no_cache", None)
+    return fast(xb, h) if fast is not None else transform.forward(xb, h)[:2]
+
+
+def transform_inverse_no_cache(transform, yb: Array, h: Array):
+    """``(xb, logdet_inv)``, as :func:`transform_forward_no_cache` for the inverse."""
+    fast = getattr(transform, "inverse_no_cache", None)
+    return fast(yb, h) if fast is not None else transform.inverse(yb, h)[:2]
 
 
 def _kernels(owner, x, scale=None, additive=False):
@@ -116,6 +139,12 @@ class AdditiveTransform:
             return (*k.additive_inverse(yb, h), None)
         return yb - h, namespace(yb).zeros(yb.shape[0], dtype=yb.dtype), None
 
+    def forward_no_cache(self, xb, h):
+        return self.forward(xb, h)[:2]
+
+    def inverse_no_cache(self, yb, h):
+        return self.inverse(yb, h)[:2]
+
     def backward(self, tcache, gyb, glogdet):
         return gyb, gyb
 
@@ -155,6 +184,28 @@ class AffineTransform:
         xb = _scaled(yb - t, log_s, s, inverse=True)
         # -(Σ log s) is the exact negation of the forward's sum: the two log-dets cancel exactly.
         return xb, -_row_sum(log_s), (xb, s, dlog_s)
+
+    def forward_no_cache(self, xb, h):
+        """``(yb, logdet)`` of :meth:`forward`, bit for bit, without ``d log s / dh`` or a cache.
+        A subclass that redefines :meth:`forward` / :meth:`inverse` must redefine these two too
+        (``tests/bijectors/test_no_cache.py`` holds every registered layer to it)."""
+        k = _kernels(self, xb, self.scale)
+        if k is not None:
+            return k.affine_forward(xb, h, self.scale)
+        c = h.shape[1] // 2
+        log_s = self.scale.log_only(h[:, :c])
+        # _scaled's output is fresh: the same addition as the cached path's ``_scaled(...) + t``
+        return add_inplace(_scaled(xb, log_s, namespace(h).exp(log_s)), h[:, c:]), _row_sum(log_s)
+
+    def inverse_no_cache(self, yb, h):
+        """``(xb, logdet_inv)`` of :meth:`inverse`, bit for bit, without ``d log s / dh`` or a cache."""
+        k = _kernels(self, yb, self.scale)
+        if k is not None:
+            return k.affine_inverse(yb, h, self.scale)
+        c = h.shape[1] // 2
+        log_s = self.scale.log_only(h[:, :c])
+        xb = _scaled(yb - h[:, c:], log_s, namespace(h).exp(log_s), inverse=True)
+        return xb, -_row_sum(log_s)
 
     def backward(self, tcache, gyb, glogdet):
         if hasattr(tcache, "kernels"):  # a kernel backend's cache (xb, h, kernels)
@@ -235,6 +286,16 @@ class Coupling(Bijector):
         h, net_cache = self.net.apply(params["net"], ya)
         xb, logdet, tcache = self.transform.inverse(yb, h)
         return self.partition.merge(ya, xb), logdet, (net_cache, tcache)
+
+    def _forward_no_cache(self, params, x):
+        xa, xb = self.partition.split(x)
+        yb, logdet = transform_forward_no_cache(self.transform, xb, apply_no_cache(self.net, params["net"], xa))
+        return self.partition.merge(xa, yb), logdet
+
+    def _inverse_no_cache(self, params, z):
+        ya, yb = self.partition.split(z)
+        xb, logdet = transform_inverse_no_cache(self.transform, yb, apply_no_cache(self.net, params["net"], ya))
+        return self.partition.merge(ya, xb), logdet
 
     def _backward(self, params, cache, gz, glogdet):
         net_cache, tcache = cache

@@ -52,7 +52,7 @@ import numpy as np
 from .._array import namespace
 from .bijector import Bijector
 from ..nets.cnn import GlowCNN, ResNetCNN
-from ..nets.mlp import conditioner_spec
+from ..nets.mlp import apply_no_cache, conditioner_spec
 from .coupling import AdditiveTransform, AffineTransform, Coupling
 from .partition import Partition
 from .scales import ScaleMap
@@ -195,6 +195,19 @@ class CheckerboardCoupling(Bijector):
         y[:, :, idx_b] = yb
         return y.reshape(x.shape), logdet, (net_cache, tcache, h.shape[1])
 
+    def _run_no_cache(self, params, x, step):
+        """:meth:`_run` without caches (``step`` is a transform's ``forward_no_cache`` or
+        ``inverse_no_cache``): the same values, bit for bit."""
+        xp = namespace(x)
+        copied, idx_b = self._pattern(x)
+        n, c, hh, ww = x.shape
+        h = apply_no_cache(self.net, params["net"], xp.where(copied, x, xp.zeros((), dtype=x.dtype)))
+        xb = xp.take(x.reshape(n, c, hh * ww), idx_b, axis=2)
+        yb, logdet = step(xb, xp.take(h.reshape(n, h.shape[1], hh * ww), idx_b, axis=2))
+        y = x.reshape(n, c, hh * ww).copy()
+        y[:, :, idx_b] = yb
+        return y.reshape(x.shape), logdet
+
     def _run_backward(self, params, cache, g, glogdet, step_backward):
         xp = namespace(g)
         net_cache, tcache, c_h = cache
@@ -219,6 +232,12 @@ class CheckerboardCoupling(Bijector):
 
     def _inverse(self, params, z):
         return self._run(params, z, self.transform.inverse)
+
+    def _forward_no_cache(self, params, x):
+        return self._run_no_cache(params, x, self.transform.forward_no_cache)
+
+    def _inverse_no_cache(self, params, z):
+        return self._run_no_cache(params, z, self.transform.inverse_no_cache)
 
     def _backward(self, params, cache, gz, glogdet):
         return self._run_backward(params, cache, gz, glogdet, self.transform.backward)

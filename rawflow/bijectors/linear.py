@@ -238,8 +238,10 @@ class LULinear(ChannelBijector):
     def _forward(self, params, x):
         factors = self._factors(params)
         cols = to_columns(x)
-        z = from_columns(self._assemble(*factors[:2]) @ cols, x.shape)
-        return z, constant_logdet(self._logdet(params, x), z), (cols, None, factors)
+        w = self._assemble(*factors[:2])
+        z = from_columns(w @ cols, x.shape)
+        # W is kept for the backward pass: assembled once per step (its VJP reads Wᵀ)
+        return z, constant_logdet(self._logdet(params, x), z), (cols, None, factors, w)
 
     def _inverse(self, params, z):
         lower, upper, s = factors = self._factors(params)
@@ -249,17 +251,24 @@ class LULinear(ChannelBijector):
         cols = solve_triangular(upper, v, lower=False)
         x = from_columns(cols, z.shape)
         # V is kept: recomputing it as Ũ X at a near-singular Ũ loses eps·cond(W) (class docstring)
-        return x, constant_logdet(-self._logdet(params, z), x), (cols, v, factors)
+        return x, constant_logdet(-self._logdet(params, z), x), (cols, v, factors, None)
+
+    def _forward_no_cache(self, params, x):
+        factors = self._factors(params)
+        z = from_columns(self._assemble(*factors[:2]) @ to_columns(x), x.shape)
+        return z, constant_logdet(self._logdet(params, x), z)
 
     def _backward(self, params, cache, gz, glogdet):
-        cols, _, factors = cache
+        cols, _, factors, w = cache
         gzc = to_columns(gz)
-        gx = self._assemble(*factors[:2]).T @ gzc
+        if w is None:  # an inverse's cache: assemble W here
+            w = self._assemble(*factors[:2])
+        gx = w.T @ gzc
         gamma = positions(gz) * glogdet.sum()
         return from_columns(gx, gz.shape), self._weight_grads(factors, gzc @ cols.T, gamma)
 
     def _inverse_backward(self, params, cache, gx, glogdet):
-        cols, v, factors = cache
+        cols, v, factors, _ = cache
         lower, upper, s = factors
         xp = namespace(gx)
         # X = Ũ⁻¹ V, V = L⁻¹ Y, Y = Pᵀ Z. Back through each solve in turn:

@@ -32,8 +32,8 @@ import math
 from typing import Sequence
 
 from .._array import namespace
-from .bijector import (Bijector, common_context, run_backward, run_forward, run_init, run_inverse,
-                       run_inverse_backward)
+from .bijector import (Bijector, common_context, run_backward, run_forward, run_forward_no_cache, run_init,
+                       run_inverse, run_inverse_backward, run_inverse_no_cache)
 
 
 class MultiScale(Bijector):
@@ -113,33 +113,57 @@ class MultiScale(Bijector):
         return (g, gparams) if self.context_shape is None else (g, gparams, gcontext)
 
     def _forward(self, params, x, context=None):
+        if self.reconstruct:  # keeps only its ends: the levels need not build caches at all
+            z, total = self._forward_no_cache(params, x, context)
+            return z, total, self._ends(x, z, context)
         total, caches, pieces = 0, [], []
-        x_in = x
         for i, level in enumerate(self.levels):
             h, logdet, cache = run_forward(level, params[str(i)], x, context)
             total = total + logdet
-            if not self.reconstruct:
-                caches.append(cache)
+            caches.append(cache)
             if i < len(self.keep):
                 pieces.append(h[:, self.keep[i]:])
                 x = h[:, : self.keep[i]]
             else:
                 pieces.append(h)
-        z = self._join(pieces)
-        return z, total, self._ends(x_in, z, context) if self.reconstruct else caches
+        return self._join(pieces), total, caches
 
     def _inverse(self, params, z, context=None):
+        if self.reconstruct:
+            x, total = self._inverse_no_cache(params, z, context)
+            return x, total, self._ends(x, z, context)
         pieces = self._cut(z)
         total, caches = 0, [None] * len(self.levels)
         h = pieces[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.keep):
                 h = self._merge(h, pieces[i])
-            h, logdet, cache = run_inverse(self.levels[i], params[str(i)], h, context)
+            h, logdet, caches[i] = run_inverse(self.levels[i], params[str(i)], h, context)
             total = total + logdet
-            if not self.reconstruct:
-                caches[i] = cache
-        return h, total, self._ends(h, z, context) if self.reconstruct else caches
+        return h, total, caches
+
+    def _forward_no_cache(self, params, x, context=None):
+        total, pieces = 0, []
+        for i, level in enumerate(self.levels):
+            h, logdet = run_forward_no_cache(level, params[str(i)], x, context)
+            total = total + logdet
+            if i < len(self.keep):
+                pieces.append(h[:, self.keep[i]:])
+                x = h[:, : self.keep[i]]
+            else:
+                pieces.append(h)
+        return self._join(pieces), total
+
+    def _inverse_no_cache(self, params, z, context=None):
+        pieces = self._cut(z)
+        total = 0
+        h = pieces[-1]
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.keep):
+                h = self._merge(h, pieces[i])
+            h, logdet = run_inverse_no_cache(self.levels[i], params[str(i)], h, context)
+            total = total + logdet
+        return h, total
 
     def _backward(self, params, cache, gz, glogdet):
         gpieces = self._cut(gz)

@@ -20,6 +20,11 @@ class ScaleMap:
     def __call__(self, h: Array) -> tuple[Array, Array]:
         return self.log_scale(h)
 
+    def log_only(self, h: Array) -> Array:
+        """``log s`` alone, bit for bit the first output of :meth:`log_scale` (inference paths,
+        which need no derivative). Subclasses override it to skip computing ``dlog_s``."""
+        return self.log_scale(h)[0]
+
     def __repr__(self) -> str:
         return self.name
 
@@ -30,6 +35,9 @@ class ExpScale(ScaleMap):
 
     def log_scale(self, h):
         return h, namespace(h).ones_like(h)
+
+    def log_only(self, h):
+        return h
 
 
 class BoundedScale(ScaleMap):
@@ -45,6 +53,9 @@ class BoundedScale(ScaleMap):
         u = h / self.c
         return self.c * namespace(h).tanh(u), sech2(u)
 
+    def log_only(self, h):
+        return self.c * namespace(h).tanh(h / self.c)
+
     def __repr__(self) -> str:
         return f"bounded(c={self.c})"
 
@@ -56,6 +67,9 @@ class SigmoidScale(ScaleMap):
     def log_scale(self, h):
         u = h + 2
         return -softplus(-u), sigmoid(-u)
+
+    def log_only(self, h):
+        return -softplus(-(h + 2))
 
 
 def scale_map(spec) -> ScaleMap:

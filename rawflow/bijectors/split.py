@@ -57,6 +57,7 @@ from .._array import Array, namespace
 from .._checks import check_array, check_positive_finite, check_rng, check_vector, open_cache
 from .bijector import Bijector
 from ..nets.cnn import ZeroConv2d
+from ..nets.mlp import apply_no_cache
 from ..distributions.priors import Prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -111,6 +112,11 @@ class Split(Bijector):
         h, net_cache = self.prior.apply(params["prior"], x1)
         return h[:, 0::2], h[:, 1::2], net_cache
 
+    def _stats_no_cache(self, params, x1, context=None):
+        """``(μ, ℓ)`` of :meth:`_stats`, bit for bit, without the network's cache."""
+        h = apply_no_cache(self.prior, params["prior"], x1)  # a prior network without the method: apply's values
+        return h[:, 0::2], h[:, 1::2]
+
     def _stats_backward(self, params, net_cache, gmu, glogs):
         """``(gx₁, gparams, gcontext)``; ``gcontext`` is ``None`` here (no context)."""
         gx1, gprior = self.prior.backward(params["prior"], net_cache, self._interleave(gmu, glogs))
@@ -145,6 +151,18 @@ class Split(Bijector):
         sigma = xp.exp(logs)
         # +Σℓ is the exact negation of the forward's −Σℓ (same ℓ, since z₁ = x₁ bit for bit).
         return self.join(z1, mu + sigma * eps), _row_sum(logs), (net_cache, eps, sigma)
+
+    def _forward_no_cache(self, params, x, context=None):
+        xp = namespace(x)
+        x1, x2 = self.parts(x)
+        mu, logs = self._stats_no_cache(params, x1, context)
+        return self.join(x1, (x2 - mu) / xp.exp(logs)), -_row_sum(logs)
+
+    def _inverse_no_cache(self, params, z, context=None):
+        xp = namespace(z)
+        z1, eps = self.parts(z)
+        mu, logs = self._stats_no_cache(params, z1, context)
+        return self.join(z1, mu + xp.exp(logs) * eps), _row_sum(logs)
 
     def _backward(self, params, cache, gz, glogdet):
         net_cache, eps, sigma = cache

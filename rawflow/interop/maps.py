@@ -162,6 +162,13 @@ class ShiftScaleTransform(AffineTransform):
         # -(Σ log s) is the exact negation of the forward's sum: the two log-dets cancel exactly.
         return u - t, -_row_sum(log_s), (u, yb, s, dlog_s)
 
+    # AffineTransform's no-cache paths compute scale-then-shift: this map's are its own
+    def forward_no_cache(self, xb, h):
+        return self.forward(xb, h)[:2]
+
+    def inverse_no_cache(self, yb, h):
+        return self.inverse(yb, h)[:2]
+
     def backward(self, tcache, gyb, glogdet):
         u, yb, s, dlog_s = tcache
         gu = gyb * s

@@ -44,7 +44,8 @@ import numpy as np
 from .. import tree as _tree
 from .._array import Array, namespace
 from .._checks import array_problem, check_array, check_context, check_count, check_positive_finite, check_rng
-from ..bijectors.bijector import Bijector, common_context, run_backward, run_forward, run_inverse
+from ..bijectors.bijector import (Bijector, common_context, run_backward, run_forward, run_forward_no_cache,
+                                  run_inverse, run_inverse_no_cache)
 from ..bijectors.chain import _shapes_compatible
 from ..distributions.priors import Prior
 from .classifier import cross_entropy, one_hot
@@ -107,6 +108,12 @@ class FlowModel:
     def _check(self, params, x: Array, event_shape: tuple, what: str, method: str) -> None:
         check_array(f"FlowModel.{method}", x, what, event_shape)
         _tree.check(f"FlowModel.{method}", params, self.param_spec(), x.dtype)
+
+    def _check_batch(self, x: Array, method: str) -> None:
+        """The input checks of :meth:`nll_and_grad` without the parameter tree's (for a training
+        loop whose parameters only an optimiser step has touched since they were checked)."""
+        check_array(f"FlowModel.{method}", x, "input", self.event_shape)
+        self._not_empty(x, method)
 
     def _not_empty(self, x: Array, method: str) -> None:
         if x.shape[0] == 0:
@@ -182,7 +189,7 @@ class FlowModel:
         cf, cp = self._parts(c)
         policy = np.geterr()["over"]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below instead
-            z, logdet, _ = run_forward(self.bijector, params["flow"], x, cf)
+            z, logdet = run_forward_no_cache(self.bijector, params["flow"], x, cf)
             lp, _ = self.prior.log_prob(params["prior"], z, check_finite=False, context=cp)
             out = lp + logdet
         return self._flag_overflow(z, logdet, out, policy, stacklevel + 1)
@@ -274,12 +281,12 @@ class FlowModel:
         """``z = f(x)`` (``f(x; y)`` for a conditional flow; ``y`` is not needed where only the prior
         takes it)."""
         self._check(params, x, self.event_shape, "input", "encode")
-        return run_forward(self.bijector, params["flow"], x, self._flow_context(y, x, "encode"))[0]
+        return run_forward_no_cache(self.bijector, params["flow"], x, self._flow_context(y, x, "encode"))[0]
 
     def decode(self, params: dict, z: Array, y=None) -> Array:
         """``x = f⁻¹(z)`` (``f⁻¹(z; y)`` for a conditional flow; ``y`` as in :meth:`encode`)."""
         self._check(params, z, self.bijector.out_event_shape, "latent input", "decode")
-        return run_inverse(self.bijector, params["flow"], z, self._flow_context(y, z, "decode"))[0]
+        return run_inverse_no_cache(self.bijector, params["flow"], z, self._flow_context(y, z, "decode"))[0]
 
     def sample(
         self,
@@ -310,7 +317,8 @@ class FlowModel:
         ref = like if like is not None else (y if getattr(y, "ndim", None) == 2 else np.empty(0))
         cf, cp = self._parts(self._context(y, ref, "sample", n=n))
         z = self.prior.sample(params["prior"], rng, n, temperature, like=like, shape=shape, context=cp)
-        return run_inverse(self.bijector, params["flow"], z, cf)[0] if cf is not None else self.decode(params, z)
+        # params were checked above and the prior's draw is finite: decode without checking again
+        return run_inverse_no_cache(self.bijector, params["flow"], z, cf)[0]
 
     def log_prob_per_class(self, params: dict, x: Array) -> Array:
         """``log p(x | k): (N, K)`` for every class ``k`` of a class-conditional model.

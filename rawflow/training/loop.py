@@ -134,6 +134,8 @@ def train(
         check_replicas(comm, params, "at the start of training")
     losses = np.empty(steps)
     bar = _progress(steps) if progress else None
+    # a FlowModel whose nll_and_grad is its own (not a subclass's or a wrapper's) may skip re-checking params
+    plain = isinstance(model, FlowModel) and type(model).nll_and_grad is FlowModel.nll_and_grad
     try:
         for t in range(steps):
             index = loader.next(rng)
@@ -143,8 +145,13 @@ def train(
             try:
                 # y only when there is one: a model without labels keeps the two-argument protocol
                 labels = () if batch_y is None else (batch_y,)
-                loss, grads = (model.nll_and_grad(params, batch, *labels) if dp is None
-                               else dp.nll_and_grad(model, params, batch, *labels))
+                if dp is not None:
+                    loss, grads = dp.nll_and_grad(model, params, batch, *labels)
+                elif t == 0 or not plain:
+                    loss, grads = model.nll_and_grad(params, batch, *labels)
+                else:  # params come from the checked first step through the optimiser: check the batch (and y) only
+                    model._check_batch(batch, "nll_and_grad")
+                    loss, grads = model._nll_and_grad(params, batch, model._context(batch_y, batch, "nll_and_grad"))
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 # Parameters an update produced that a layer refuses (an LU factor whose exp(log|s|)
                 # overflowed or vanished, a non-finite leaf): the run diverged. The parameters the

@@ -125,6 +125,17 @@ class Optimizer(ABC):
         ...
 
 
+def _map3(fn, params, *rest):
+    """Three trees shaped like ``params`` from one walk: ``fn(leaf, *other leaves) -> (a, b, c)``."""
+    out = ({}, {}, {})
+    for key, value in params.items():
+        others = [r[key] for r in rest]
+        triple = _map3(fn, value, *others) if isinstance(value, dict) else fn(value, *others)
+        for tree, item in zip(out, triple):
+            tree[key] = item
+    return out
+
+
 def _detail(error: ValueError) -> str:
     """The message of a tree check without its ``"<owner>: "`` prefix."""
     return str(error).split(": ", 1)[-1]
@@ -163,16 +174,52 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    def __init__(self, lr: LearningRate = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+    """Adam (see the module doc). ``backend``: ``"reference"`` — the NumPy/CuPy expressions below;
+    ``"numba"`` — one fused pass per leaf (:mod:`rawflow.kernels.cpu_optim`), the same operations
+    in the same order and dtype, bit for bit, without NumPy's per-operation overhead and
+    temporaries (NumPy float32/float64 parameters only); ``"auto"`` (default) — the kernel where
+    it applies and Numba is installed, else the reference. The choice changes speed, never a bit
+    of the result, which is why ``"auto"`` is the default here (the layers' kernels, which round
+    differently, default to ``"reference"``)."""
+
+    def __init__(self, lr: LearningRate = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *,
+                 backend: str = "auto"):
         super().__init__(lr)
         self.b1, self.b2 = _betas(self.name, betas)
         self.eps = _eps(self.name, eps)
+        if backend not in ("reference", "numba", "auto"):
+            raise self._error(f"backend must be 'reference', 'numba' or 'auto', got {backend!r}")
+        self.backend = backend
 
     def _slots(self):
         return ("m", "v")
 
+    def _kernel(self, params):
+        """:func:`rawflow.kernels.cpu_optim.adam_leaf`, or ``None`` for the reference expressions."""
+        if self.backend == "reference":
+            return None
+        leaf = next((a for _, a in _tree.leaves(params)), None)
+        fits = type(leaf) is np.ndarray and leaf.dtype in (np.float32, np.float64)
+        if fits:
+            try:
+                from ..kernels import cpu_optim
+            except ImportError:  # no Numba
+                cpu_optim = None
+            if cpu_optim is not None:
+                return cpu_optim
+        if self.backend == "numba":
+            raise self._error("backend='numba' needs Numba and NumPy float32/float64 parameters")
+        return None
+
     def _update(self, params, grads, state, t):
         lr, b1, b2, eps = self.lr_at(t), self.b1, self.b2, self.eps
+        k = self._kernel(params)
+        if k is not None:
+            dtype = next(a for _, a in _tree.leaves(params)).dtype
+            scalars = k.adam_scalars(dtype, lr, b1, b2, eps, t)
+            new_p, m, v = _map3(lambda p, g, m, v: k.adam_leaf(p, g, m, v, scalars), params, grads, state["m"],
+                                state["v"])
+            return new_p, {"m": m, "v": v}
         m = _tree.map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
         v = _tree.map(lambda v, g: b2 * v + (1 - b2) * (g * g), state["v"], grads)
         c1, c2 = 1 - b1**t, 1 - b2**t

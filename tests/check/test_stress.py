@@ -56,8 +56,8 @@ class _RecomputedV(LULinear):
     """LULinear before issue 14: the inverse cache without the solve's V."""
 
     def _inverse(self, params, z):
-        x, ld, (cols, _, factors) = super()._inverse(params, z)
-        return x, ld, (cols, None, factors)
+        x, ld, (cols, _, factors, w) = super()._inverse(params, z)
+        return x, ld, (cols, None, factors, w)
 
 
 class _OneMinusP(Logit):

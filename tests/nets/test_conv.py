@@ -1,12 +1,15 @@
 """conv2d / conv2d_backward vs a direct loop, finite differences and complex-step derivatives."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import _fd_scalar_grad, rel_err
-from rawflow.nets.conv import conv2d, conv2d_backward
+import rawflow.nets.conv as conv_module
+from rawflow.nets.conv import conv2d, conv2d_backward, shifted_copies, shifted_sum
 from support.image_checks import check_complex_step
 
 # Examples for the costly checks (finite differences): half the profile's, at least 6.
@@ -167,3 +170,151 @@ def test_bad_cotangent_shape_raises():
     _, cache = conv2d(x, w)
     with pytest.raises(ValueError, match="conv2d: cotangent"):
         conv2d_backward(cache, np.zeros((1, 2, 3, 4)))
+
+
+# ------------------------------------------------------------------ the shifted copies and sums
+def padded_shifts(a, k, flip):
+    """``(k², C, N, H, W)``: tap ``t = (i, j)`` of ``a`` read through a zero-padded copy (the definition)."""
+    c, n, h, v = a.shape
+    p = k // 2
+    ap = np.zeros((c, n, h + 2 * p, v + 2 * p), dtype=a.dtype)
+    ap[:, :, p : p + h, p : p + v] = a
+    out = np.zeros((k * k, c, n, h, v), dtype=a.dtype)
+    for i in range(k):
+        for j in range(k):
+            ii, jj = (2 * p - i, 2 * p - j) if flip else (i, j)
+            out[i * k + j] = ap[:, :, ii : ii + h, jj : jj + v]
+    return out
+
+
+@st.composite
+def shift_cases(draw):
+    shape = (draw(st.integers(1, 3)), draw(st.integers(0, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    k = draw(st.sampled_from([1, 3, 5, 7]))  # 7 > H or W: whole taps fall outside
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return rng.normal(size=shape), k, draw(st.booleans()), rng
+
+
+#: both ways to make a shifted copy (contiguous slabs / one gather; in use they are chosen by size)
+PATHS = pytest.mark.parametrize("path", ["slabs", "gather"])
+
+
+@contextlib.contextmanager
+def shift_path(path):
+    saved = conv_module.GATHER_BELOW
+    conv_module.GATHER_BELOW = 0 if path == "slabs" else 1 << 62
+    try:
+        yield
+    finally:
+        conv_module.GATHER_BELOW = saved
+
+
+@PATHS
+@given(case=shift_cases())
+def test_shifted_copies_equal_the_padded_definition(path, case):
+    a, k, flip, _ = case
+    with shift_path(path):
+        _check_shifted_copies(a, k, flip)
+
+
+def _check_shifted_copies(a, k, flip):
+    got = shifted_copies(a, k, flip)
+    # rows c·k² + t: channel c of tap t
+    assert np.array_equal(got, padded_shifts(a, k, flip).transpose(1, 0, 2, 3, 4).reshape(got.shape))
+    # a non-contiguous (NCHW-transposed) view gives the same rows
+    assert np.array_equal(shifted_copies(np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
+                                         k, flip), got)
+
+
+@PATHS
+@given(case=shift_cases())
+def test_shifted_sum_equals_the_padded_definition(path, case):
+    """``Σ_t S_t(z_t)`` equals the definition's sum taken in tap order, bit for bit (the same
+    additions onto zeros), and each tap alone is exact."""
+    with shift_path(path):
+        _check_shifted_sum(*case)
+
+
+def _check_shifted_sum(a, k, flip, rng):
+    c, n, h, v = a.shape
+    z = rng.normal(size=(k * k, c, n, h, v))
+    taps = [padded_shifts(z[t], k, flip)[t] for t in range(k * k)]
+    got = shifted_sum(z.copy(), k, flip)
+    assert np.array_equal(got, sum(taps))
+    for t in range(k * k):
+        one = np.zeros_like(z)
+        one[t] = z[t]
+        assert np.array_equal(shifted_sum(one, k, flip), taps[t])
+
+
+@pytest.mark.parametrize("c_in, c_out", [(2, 5), (5, 2), (3, 3)])  # input side, output side, equal
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@PATHS
+def test_both_strategies_match_the_direct_loop_and_the_complex_step(c_in, c_out, k, dtype, path):
+    """Each of the two ways to place the shifted copies (the side with fewer channels) is exercised
+    on purpose, with both ways to make them: forward against the definition within γ_K, VJP
+    against the complex step."""
+    with shift_path(path):
+        _check_strategy(c_in, c_out, k, dtype)
+
+
+def _check_strategy(c_in, c_out, k, dtype):
+    rng = np.random.default_rng(c_in * 10 + c_out + k)
+    x64, w64, b64 = rng.normal(size=(2, c_in, 4, 5)), rng.normal(size=(c_out, c_in, k, k)), rng.normal(size=c_out)
+    x, w, b = x64.astype(dtype), w64.astype(dtype), b64.astype(dtype)
+    y, cache = conv2d(x, w, b)
+    ref = direct_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    k_terms = c_in * k * k + 1
+    assert np.all(np.abs(y - ref) <= (gamma(k_terms, dtype) + gamma(k_terms, np.float64))
+                  * sum_of_abs_terms(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)))
+    gx, gw, gb = conv2d_backward(cache, rng.normal(size=y.shape).astype(dtype))
+    assert gx.dtype == gw.dtype == gb.dtype == dtype
+    assert gx.flags.c_contiguous and gw.flags.c_contiguous
+    _, cache64 = conv2d(x64, w64, b64)
+
+    def vjp(gy, gl):
+        gx_, gw_, gb_ = conv2d_backward(cache64, gy)
+        return gx_, {"w": gw_, "b": gb_}
+
+    check_complex_step(lambda p, u: (conv2d(u, p["w"], p["b"])[0], np.zeros(u.shape[0])), vjp,
+                       {"w": w64, "b": b64}, x64, rng)
+
+
+@pytest.mark.parametrize("c_in, c_out", [(2, 7), (7, 2)])
+def test_slabs_and_gather_give_the_same_bits(c_in, c_out):
+    rng = np.random.default_rng(8)
+    x, w, b = rng.normal(size=(3, c_in, 6, 5)), rng.normal(size=(c_out, c_in, 3, 3)), rng.normal(size=c_out)
+    gy = rng.normal(size=(3, c_out, 6, 5))
+    runs = []
+    for path in ("slabs", "gather"):
+        with shift_path(path):
+            y, cache = conv2d(x, w, b)
+            runs.append((y, *conv2d_backward(cache, gy)))
+    for u, v in zip(*runs):
+        assert np.array_equal(u.view(np.uint64), v.view(np.uint64))
+
+
+def test_inputs_are_never_written():
+    rng = np.random.default_rng(6)
+    for c_in, c_out in ((2, 5), (5, 2)):
+        x, w, b = rng.normal(size=(2, c_in, 4, 4)), rng.normal(size=(c_out, c_in, 3, 3)), rng.normal(size=c_out)
+        keep = [a.copy() for a in (x, w, b)]
+        y, cache = conv2d(x, w, b)
+        gy = rng.normal(size=y.shape)
+        gy_keep = gy.copy()
+        first = conv2d_backward(cache, gy)
+        second = conv2d_backward(cache, gy)
+        for a, k in zip((x, w, b, gy), keep + [gy_keep]):
+            assert np.array_equal(a, k)
+        for u, v in zip(first, second):
+            assert np.array_equal(u, v)
+
+
+def test_empty_batch():
+    x, w, b = np.zeros((0, 3, 4, 4)), np.ones((5, 3, 3, 3)), np.ones(5)
+    for ww in (w, np.ones((2, 3, 3, 3))):
+        y, cache = conv2d(x, ww, b[: ww.shape[0]])
+        assert y.shape == (0, ww.shape[0], 4, 4)
+        gx, gw, gb = conv2d_backward(cache, y)
+        assert gx.shape == x.shape and not np.any(gw) and not np.any(gb)
