@@ -320,6 +320,7 @@ def _add_translate(commands) -> None:
     p.add_argument("--steps", type=_positive_int, default=8, metavar="S", help="frames per image, ≥ 2 (default: %(default)s)")
     p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.npz (default: DIR/translation_A_to_B.png)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never a run's own files)")
+    _params_option(p)
     _common(p)
     p.set_defaults(handler=run_translate)
 
@@ -934,7 +935,7 @@ def run_translate(args: argparse.Namespace) -> int:
     if _size_error("translate", sizes.check_interpolation_sizes, args.steps, args.n, cfg, ext == ".png"):
         return EXIT_USAGE
     with _blas_threads(args.threads):
-        loaded = _load_run("translate", args.run)
+        loaded = _load_run("translate", args.run, args.params)
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded

@@ -199,6 +199,10 @@ def test_bad_sample_and_translate_arguments(ycond_run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    capsys.readouterr()  # translate takes --params like sample/interpolate/eval; this run keeps no average
+    assert main(["translate", "--run", str(ycond_run), "--from", "1", "--to", "2", "--params", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert "keeps no moving average" in err and err.count("\n") == 1, err
     existing = tmp_path / "exists.png"
     existing.write_bytes(b"x")
     assert main(["translate", "--run", str(ycond_run), "--from", "1", "--to", "2", "--out", str(existing)]) == 2
