@@ -22,6 +22,8 @@ allreduce sends. ``P = 1`` returns ``x`` itself.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .._array import Array, namespace
@@ -39,7 +41,7 @@ class ReplicaDivergence(CommError):
     """Ranks that must hold identical parameters (or configurations) do not."""
 
 
-class Communicator:
+class Communicator(ABC):
     """``rank`` in ``[0, size)``, ``size`` processes; collectives on NumPy (or CuPy) arrays.
 
     Every rank must call the same collectives in the same order with arrays of the same shape and
@@ -52,17 +54,19 @@ class Communicator:
     timeout: float | None = None  # seconds a collective may wait for its peers (None: forever)
 
     # ------------------------------------------------------------------ transport primitives
+    # Each transport (MPI, NCCL, the tests' threads) supplies these three; the collectives below
+    # are written once on top of them, so every transport computes the same thing.
+    @abstractmethod
     def _alltoall(self, send: Array, what: str) -> Array:
         """``send: (P, c)`` → ``recv: (P, c)`` with ``recv[j]`` = rank ``j``'s ``send[self.rank]``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _alltoall")
 
+    @abstractmethod
     def _allgather(self, send: Array, what: str) -> Array:
         """``send: (c,)`` → ``(P, c)``, row ``j`` from rank ``j``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _allgather")
 
+    @abstractmethod
     def _broadcast(self, buf: Array, root: int, what: str) -> Array:
         """``root``'s ``buf`` on every rank (same shape and dtype everywhere)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _broadcast")
 
     def abort(self, code: int = 1) -> None:
         """End every process of the job now (after a failure that leaves collectives pending)."""
@@ -128,6 +132,17 @@ class SingleProcess(Communicator):
     """
 
     rank, size = 0, 1
+
+    # The collectives return their input when size == 1 without calling these; they are the
+    # one-process transport all the same (P = 1: every rank's row is this rank's).
+    def _alltoall(self, send: Array, what: str) -> Array:
+        return send.copy()
+
+    def _allgather(self, send: Array, what: str) -> Array:
+        return send.reshape(1, -1).copy()
+
+    def _broadcast(self, buf: Array, root: int, what: str) -> Array:
+        return buf
 
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)

@@ -48,3 +48,26 @@ def test_single_process_returns_its_inputs():
     assert comm.allreduce(x) is x and comm.broadcast(x) is x
     assert comm.allgather_bytes(b"a") == [b"a"] and comm.broadcast_bytes(b"b") == b"b"
     assert (comm.rank, comm.size) == (0, 1)
+
+
+def test_a_communicator_without_its_transport_cannot_be_made():
+    # the three transport primitives are abstract: a half-written transport fails at construction,
+    # not at its first collective on some rank
+    from rawflow.distributed.comm import Communicator
+
+    class Partial(Communicator):
+        def _alltoall(self, send, what):
+            return send
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()
+
+
+def test_single_process_primitives_are_the_one_rank_transport():
+    from rawflow.distributed.comm import SingleProcess
+
+    comm, x = SingleProcess(), np.arange(6.0)
+    assert np.array_equal(comm._alltoall(x.reshape(1, 6), "t"), x.reshape(1, 6))
+    assert np.array_equal(comm._allgather(x, "t"), x.reshape(1, 6))
+    assert comm._broadcast(x, 0, "t") is x
+    assert comm.allreduce(x) is x and comm.allgather_bytes(b"ab") == [b"ab"]
