@@ -693,6 +693,17 @@ def _run_config(command: str, run_dir: str):
         return EXIT_USAGE
 
 
+def _run_data(command: str, cfg: dict):
+    """The run's data (checked to be what it was trained on), or ``None`` after printing why not."""
+    from .runs import RunError, load_run_data
+
+    try:
+        return load_run_data(cfg)
+    except RunError as exc:
+        _err(command, str(exc))
+        return None
+
+
 def _load_run(command: str, run_dir: str, which: str = "best"):
     """``(params, model, cfg, step)``, or an exit code after printing why the run cannot be used."""
     from ..training.checkpoint import CheckpointError
@@ -868,12 +879,10 @@ def run_interpolate(args: argparse.Namespace) -> int:
             return loaded
         params, model, cfg, step = loaded
         from .._array import to_numpy
-        from .runs import RunError, device_namespace, eval_inputs, eval_labels, load_run_data, quantize
+        from .runs import device_namespace, eval_inputs, eval_labels, quantize
 
-        try:
-            data = load_run_data(cfg)
-        except RunError as exc:
-            _err("interpolate", str(exc))
+        data = _run_data("interpolate", cfg)
+        if data is None:
             return EXIT_USAGE
         n = len(data.test)
         if args.index is not None:
@@ -890,13 +899,13 @@ def run_interpolate(args: argparse.Namespace) -> int:
         if ext == ".npz":
             arrays = {"frames": frames, "index_a": np.asarray(first), "index_b": np.asarray(second)}
             if cfg["kind"] == "image":
-                arrays["pixels"] = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+                arrays["pixels"] = quantize(cfg, frames)
             files.write_with(out, lambda f: np.savez(f, **arrays))
         else:
             from . import plots
 
             if cfg["kind"] == "image":
-                pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+                pixels = quantize(cfg, frames)
                 plots.interpolation_strip(out, pixels / (cfg["n_bins"] - 1))
             else:
                 plots.paths_2d(out, data.test, frames)
@@ -939,13 +948,11 @@ def run_translate(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         params, model, cfg, step = loaded
-        from .runs import RunError, device_namespace, eval_inputs, load_run_data, quantize
+        from .runs import device_namespace, eval_inputs, quantize
         from .translate import class_means, translate
 
-        try:
-            data = load_run_data(cfg)
-        except RunError as exc:
-            _err("translate", str(exc))
+        data = _run_data("translate", cfg)
+        if data is None:
             return EXIT_USAGE
         have = np.bincount(data.train_y, minlength=k)
         missing = [c for c in (args.source, args.target) if have[c] == 0]
@@ -965,7 +972,7 @@ def run_translate(args: argparse.Namespace) -> int:
             frames = to_host(translate(model, params, x, args.source, args.target, means, args.steps))
         if not np.isfinite(frames).all():
             _warn("translate", "some frames are not finite (the inverse overflowed); they are drawn clipped")
-        pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape)
+        pixels = quantize(cfg, frames)
         if ext == ".npz":
             arrays = {"frames": frames, "pixels": pixels, "test_index": index, "source": np.asarray(args.source),
                       "target": np.asarray(args.target), "direction": means[args.target] - means[args.source]}

@@ -168,7 +168,7 @@ def _run(out: str, quick: bool, seed: int, quiet: bool, start: float, ycond_cfg:
                                       f"(independent pixels {m['test_baseline_bits_per_dim']:.3f})"))
     x = eval_inputs(cfg, data, "test")
     frames = to_numpy(model.interpolate(params, x[0:12:2], x[1:12:2], 10))
-    pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape) / (n_bins - 1)
+    pixels = quantize(cfg, frames) / (n_bins - 1)
     written.append(plots.interpolation_strip(os.path.join(out, "digits_interpolation.png"), pixels,
                                              title="Glow on 8×8 digits: latent interpolation (decoded)"))
     figures.update({written[-2]: f"{glow} on digits: held-out digits, samples at T = 1.0 and 0.7",
@@ -325,7 +325,7 @@ def _ycond_pictures(out: str, run_dir: str, rng: np.random.Generator, m: dict) -
         if len(index):
             rows.append(to_numpy(translate(model, params, x_test[index], a, b, means, 8)))
     frames = np.concatenate(rows, axis=1)  # (S, M, C, H, W)
-    pixels = quantize(cfg, frames.reshape(-1, *frames.shape[2:])).reshape(frames.shape) / (n_bins - 1)
+    pixels = quantize(cfg, frames) / (n_bins - 1)
     pairs = ", ".join(f"{a}→{b}" for a, b in TRANSLATIONS)
     paths.append(plots.interpolation_strip(os.path.join(out, "digits_translation.png"), pixels,
                                            title=f"class-conditional Glow: {pairs}"))

@@ -353,7 +353,7 @@ def from_model_space(cfg: dict, x):
 
 
 def quantize(cfg: dict, x) -> np.ndarray:
-    """Model-space images → integer pixel values ``0 … n_bins − 1`` (clipped)."""
+    """Model-space images (any shape: elementwise) → integer pixel values ``0 … n_bins − 1`` (clipped)."""
     u = to_numpy(from_model_space(cfg, x))
     return np.clip(np.floor(u * cfg["n_bins"]), 0, cfg["n_bins"] - 1).astype(np.int64)
 

@@ -445,6 +445,19 @@ class _Network(_Sequential):
         return super().init(rng, x)
 
 
+def glow_tail(width: int, out_channels: int, kernel: int) -> list:
+    """Glow's coupling network after its first convolution: norm → ReLU → conv1×1 → norm → ReLU →
+    ZeroConv2d (shared by :class:`GlowCNN` and the context network that adds ``c`` after conv1)."""
+    return [
+        ("norm1", ChannelNorm(width)),
+        ("relu1", Act("relu")),
+        ("conv2", Conv2d(width, width, 1, bias=False, init="glow")),
+        ("norm2", ChannelNorm(width)),
+        ("relu2", Act("relu")),
+        ("out", ZeroConv2d(width, out_channels, kernel)),
+    ]
+
+
 class GlowCNN(_Network):
     """Glow's coupling network: conv3×3 → norm → ReLU → conv1×1 → norm → ReLU → ZeroConv2d 3×3.
 
@@ -456,15 +469,8 @@ class GlowCNN(_Network):
         _check_widths("GlowCNN", in_channels=in_channels, out_channels=out_channels, width=width)
         _check_kernel("GlowCNN", kernel)
         self.in_features, self.out_features, self.width = int(in_channels), int(out_channels), int(width)
-        super().__init__([
-            ("conv1", Conv2d(in_channels, width, kernel, bias=False, init="glow")),
-            ("norm1", ChannelNorm(width)),
-            ("relu1", Act("relu")),
-            ("conv2", Conv2d(width, width, 1, bias=False, init="glow")),
-            ("norm2", ChannelNorm(width)),
-            ("relu2", Act("relu")),
-            ("out", ZeroConv2d(width, out_channels, kernel)),
-        ])
+        super().__init__([("conv1", Conv2d(in_channels, width, kernel, bias=False, init="glow")),
+                          *glow_tail(width, out_channels, kernel)])
 
 
 class ResNetCNN(_Network):

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import Array, namespace
-from .cnn import Act, ChannelNorm, Conv2d, ZeroConv2d, _Sequential, _check_kernel, _check_widths
+from .cnn import Conv2d, _Sequential, _check_kernel, _check_widths, glow_tail
 from .mlp import conditioner_spec
 
 
@@ -138,14 +138,7 @@ class ContextGlowCNN:
         self.in_features, self.out_features, self.width = int(in_channels), int(out_channels), int(width)
         self.context_features = int(context_features)
         self.first = Conv2d(in_channels, width, kernel, bias=False, init="glow")
-        self.rest = _Sequential([
-            ("norm1", ChannelNorm(width)),
-            ("relu1", Act("relu")),
-            ("conv2", Conv2d(width, width, 1, bias=False, init="glow")),
-            ("norm2", ChannelNorm(width)),
-            ("relu2", Act("relu")),
-            ("out", ZeroConv2d(width, out_channels, kernel)),
-        ])
+        self.rest = _Sequential(glow_tail(width, out_channels, kernel))
 
     data_dependent = True
 
