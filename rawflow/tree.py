@@ -31,6 +31,16 @@ def leaves(tree: Tree, prefix: str = "") -> Iterator[tuple[str, Array]]:
             yield path, value
 
 
+def rebuild(like: Tree, values: dict[str, Array], prefix: str = "") -> Tree:
+    """``like``'s structure with the leaf at each path taken from ``values[path]`` (the inverse of
+    :func:`leaves`: ``rebuild(t, dict(leaves(t)))`` equals ``t``)."""
+    out = {}
+    for key, value in like.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        out[key] = rebuild(value, values, path) if isinstance(value, dict) else values[path]
+    return out
+
+
 def map(fn: Callable[..., Array], tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 - mirrors jax.tree.map
     """Apply ``fn`` leaf-wise over trees of identical structure."""
     out = {}

@@ -57,7 +57,7 @@ from .. import tree
 from .._array import to_numpy
 from .analysis import Analysis
 from .conditioning import Conditioning, Context, Rebuild, count_layers
-from .probe import Layout, Probe, _rebuild
+from .probe import Layout, Probe
 from .records import Record, Report, compare, verdict
 
 EPS64 = float(np.finfo(np.float64).eps)
@@ -133,7 +133,7 @@ class PreciseProbe:
     def _split(self, w):
         parts = self.layout.unpack(np.asarray(w, dtype=object))
         u = parts.pop("input")
-        return u, _rebuild(self.template, parts)
+        return u, tree.rebuild(self.template, parts)
 
     def forward_only(self, w, dps: int | None = None):
         """``(out, logdet)`` at ``w`` (object arrays), evaluated at ``dps`` digits."""

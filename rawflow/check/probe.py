@@ -54,13 +54,6 @@ class Layout:
         return flat[..., self.slices[name]]
 
 
-def _rebuild(template: dict, values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in template.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        out[key] = _rebuild(value, values, path) if isinstance(value, dict) else values[path]
-    return out
-
 
 class Probe:
     """``layer`` in one ``direction`` around ``(u, params)`` with cotangents ``(g, gℓ)``."""
@@ -96,7 +89,7 @@ class Probe:
         return self.backend.asarray(np.asarray(a).astype(dtype, copy=False))
 
     def _params(self, leaves: dict, dtype) -> dict:
-        return _rebuild(self.template, {p: self._arr(v, dtype) for p, v in leaves.items()})
+        return tree.rebuild(self.template, {p: self._arr(v, dtype) for p, v in leaves.items()})
 
     def split(self, w: np.ndarray) -> tuple[np.ndarray, dict]:
         parts = self.in_layout.unpack(w)

@@ -78,7 +78,7 @@ class DataParallel:
         for path, g in paths:
             out[path] = total[start:start + g.size].reshape(g.shape)
             start += g.size
-        return float(total[start]), _rebuild(grads, out)
+        return float(total[start]), _tree.rebuild(grads, out)
 
     def after_step(self, step: int, params: dict) -> None:
         """The periodic replica check, after step ``step`` (1-based) of the current ``train`` call."""
@@ -175,12 +175,3 @@ def together(comm: Communicator | None, fn: Callable[[], T], errors: tuple[type[
     except TypeError:  # an exception type whose constructor takes more than a message (an OSError's path)
         shared = errors[0](message)
     raise shared from failure
-
-
-def _rebuild(like: dict, leaves: dict, prefix: str = "") -> dict:
-    """``like``'s tree with the leaf at each path taken from ``leaves[path]``."""
-    out = {}
-    for key, value in like.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        out[key] = _rebuild(value, leaves, path) if isinstance(value, dict) else leaves[path]
-    return out
